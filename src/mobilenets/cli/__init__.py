@@ -1,0 +1,57 @@
+"""``mobilenets <command>``: a thin shell over the Python API.
+
+Each command group lives in its own module with ``register(subparsers)``; a user error
+(`MobilenetsError`) prints one line and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import MobilenetsError
+
+# Modules under mobilenets.cli that each register one or more subcommands, in help order.
+COMMAND_MODULES = ("models", "data")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(
+        prog="mobilenets",
+        description="Google's MobileNet v1 family in PyTorch: official weights, evaluation, export, training.",
+    )
+    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{mod}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MobilenetsError as e:
+        print(f"mobilenets: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mobilenets: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mobilenets table | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Preprocessing: the reference eval transform (TF1 inception eval) and a fast Pillow one.
+
+The official MobileNet v1 numbers were measured with TF-Slim's ``preprocess_for_eval``:
+decode to float in [0, 1], ``tf.image.central_crop(0.875)``, ``tf.image.resize_bilinear``
+with TF1 semantics (``align_corners=False``, no half-pixel centres, no antialias), then
+``(x - 0.5) * 2``. Pillow's bilinear resize antialiases when shrinking and samples at
+pixel centres; that moves top-1 by 1-4 points, so `EvalTransform` reproduces TF exactly
+and `PillowEvalTransform` is offered, under that name, only for speed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import load_image
+
+# TF's convert_image_dtype multiplies by the float32 constant 1/255.
+_U8_SCALE = np.float32(1.0 / 255.0)
+
+
+def tf_central_crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` exactly as ``tf.image.central_crop`` computes them."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"central crop fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return 0, 0, height, width
+    top = int((float(height) - float(height) * fraction) / 2)  # float64 then truncate, as TF
+    left = int((float(width) - float(width) * fraction) / 2)
+    return top, left, height - 2 * top, width - 2 * left
+
+
+def tf1_resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """TF1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)`` of an HxWxC float32 array.
+
+    Source coordinate of output pixel ``i`` is ``i * in / out`` (float32), no antialias;
+    the arithmetic order follows TF's kernel so results agree to float32 rounding.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    in_h, in_w = image.shape[:2]
+
+    def axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scale = np.float32(in_size) / np.float32(out_size)
+        src = np.arange(out_size, dtype=np.float32) * scale
+        lo = np.floor(src)
+        hi = np.minimum(np.ceil(src), in_size - 1).astype(np.int64)
+        return lo.astype(np.int64), hi, (src - lo).astype(np.float32)
+
+    y0, y1, ly = axis(in_h, out_h)
+    x0, x1, lx = axis(in_w, out_w)
+    lx = lx[None, :, None]
+    top = image[y0]
+    bottom = image[y1]
+    top = top[:, x0] + (top[:, x1] - top[:, x0]) * lx
+    bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * lx
+    return top + (bottom - top) * ly[:, None, None]
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """The reference eval preprocessing: PIL image or path -> float32 tensor 3 x R x R.
+
+    Args:
+        resolution: output side.
+        crop_fraction: central crop kept before resizing (0.875 for the official
+            numbers; 1.0 resizes the whole image, as the TFLite demo apps do).
+        mean, std: applied to [0, 1] values; (0.5, 0.5) gives [-1, 1] (inception).
+    """
+
+    resolution: int = 224
+    crop_fraction: float = 0.875
+    mean: float = 0.5
+    std: float = 0.5
+
+    def to_array(self, img: Image.Image | str | os.PathLike) -> np.ndarray:
+        """HxWx3 float32 after crop and resize, still in [0, 1] (for uint8 runtimes)."""
+        if not isinstance(img, Image.Image):
+            img = load_image(img)
+        x = np.asarray(img, dtype=np.uint8).astype(np.float32) * _U8_SCALE
+        top, left, h, w = tf_central_crop_box(x.shape[0], x.shape[1], self.crop_fraction)
+        x = x[top : top + h, left : left + w]
+        return tf1_resize_bilinear(x, self.resolution, self.resolution)
+
+    def __call__(self, img: Image.Image | str | os.PathLike) -> torch.Tensor:
+        x = (self.to_array(img) - np.float32(self.mean)) / np.float32(self.std)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+@dataclass(frozen=True)
+class PillowEvalTransform(EvalTransform):
+    """Fast approximation: Pillow's crop and (antialiased) bilinear resize. Not the reference."""
+
+    def to_array(self, img: Image.Image | str | os.PathLike) -> np.ndarray:
+        if not isinstance(img, Image.Image):
+            img = load_image(img)
+        top, left, h, w = tf_central_crop_box(img.height, img.width, self.crop_fraction)
+        img = img.crop((left, top, left + w, top + h)).resize((self.resolution, self.resolution), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).astype(np.float32) * _U8_SCALE

@@ -1,0 +1,1 @@
+"""Weights: the official catalog, readers for each source format, the download cache."""
