@@ -93,11 +93,11 @@ def create_model(name: str, weights: str | None = None, **overrides) -> MobileNe
     to any supported weights file.
     """
     spec = get_spec(name)
-    resolution = overrides.pop("resolution", spec.resolution)
-    alpha = overrides.pop("alpha", spec.alpha)
     if weights is None:
         overrides.setdefault("num_classes", spec.num_classes)
+        alpha = overrides.pop("alpha", spec.alpha)
+        resolution = overrides.pop("resolution", spec.resolution)
         return mobilenet_v1(alpha=alpha, resolution=resolution, **overrides)
     from ..weights import load_pretrained  # local import: weights depend on models
 
-    return load_pretrained(name, weights, alpha=alpha, resolution=resolution, **overrides)
+    return load_pretrained(name, weights, **overrides)

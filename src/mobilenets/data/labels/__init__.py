@@ -1,0 +1,24 @@
+"""Class-name tables shipped with the package."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=None)
+def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(wnids, names)`` of the 1000 ImageNet classes in sorted-wnid order (class index i)."""
+    text = resources.files(__package__).joinpath("imagenet_classes.tsv").read_text()
+    rows = [line.split("\t", 1) for line in text.splitlines()]
+    return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
+
+
+def imagenet_labels(num_classes: int) -> list[str]:
+    """Names for a 1000- or 1001-class ImageNet head (1001: index 0 = 'background')."""
+    names = list(imagenet_classes()[1])
+    if num_classes == 1001:
+        return ["background", *names]
+    if num_classes == 1000:
+        return names
+    raise ValueError(f"no ImageNet label set has {num_classes} classes")
