@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
 from ..errors import MobilenetsError
 
-# Modules under mobilenets.cli that each register one or more subcommands, in help order.
-COMMAND_MODULES = ("models", "data")
+# Every public module under mobilenets.cli registers its subcommands; help lists them in this order.
+_ORDER = ("models", "data", "weights", "tasks", "deploy", "train")
+
+
+def command_modules() -> list[str]:
+    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return [m for m in _ORDER if m in found] + sorted(found - set(_ORDER))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in COMMAND_MODULES:
+    for mod in command_modules():
         importlib.import_module(f"{__name__}.{mod}").register(sub)
     return parser
 
