@@ -1,0 +1,148 @@
+"""``mobilenets classify | evaluate | embed | similar``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime import Predictor, load_predictor
+from ..utils import atomic_write
+from ._common import print_json, resolution_int
+
+DEFAULT_MODEL = "mobilenet_v1_1.0_224"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"registered name (default {DEFAULT_MODEL}, or read from --weights)")
+    g.add_argument("--weights", help="'imagenet' (official, downloaded once) or a file: .safetensors, .tflite, "
+                   ".ckpt, .h5, .tgz, or an exported artifact")  # fmt: skip
+    g.add_argument("--backend", default="torch", help="torch (default), onnxruntime, litert, openvino or auto")
+    g.add_argument("--resolution", type=resolution_int, help="input size (default: the model's)")
+    g.add_argument("--crop", type=float, default=0.875, help="central crop fraction before resizing (1.0 = whole image)")
+    g.add_argument("--threads", type=int, help="CPU threads for inference")
+
+
+def predictor_from_args(args: argparse.Namespace) -> Predictor:
+    from ..errors import ConfigError
+
+    if not 0 < args.crop <= 1:
+        raise ConfigError(f"--crop must be in (0, 1], got {args.crop}")
+    model, weights = args.model, args.weights
+    if weights is None:
+        model, weights = model or DEFAULT_MODEL, "imagenet"
+    return load_predictor(model=model, weights=weights, backend=args.backend, resolution=args.resolution,
+                          crop_fraction=args.crop, threads=args.threads)  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="top-k ImageNet (or fine-tuned) labels for images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--show-background", action="store_true", help="allow index 0 ('background') in predictions")
+    p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "predictions"}')
+    _add_model_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 on a labelled folder")
+    p.add_argument("--data", required=True, help="ImageNet val layout, WNID_*.JPEG files, or class folders")
+    p.add_argument("--labels", help="labels file: 'relative/path label' per line")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n", "images_per_s"}')
+    _add_model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embed", help="pooled feature vectors of images (or folders of images) to .npy")
+    p.add_argument("images", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="output .npy (N x C float32), rows in input order")
+    p.add_argument("--l2", action="store_true", help="L2-normalise each embedding")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("similar", help="cosine nearest neighbours of an image in a gallery folder")
+    p.add_argument("query")
+    p.add_argument("--gallery", required=True, help="folder of images (embeddings cached beside it)")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_similar)
+
+
+def _check_k(k: int, flag: str) -> None:
+    from ..errors import ConfigError
+
+    if k < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {k}")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from ..data.images import load_image
+    from ..tasks.classify import top_k
+
+    _check_k(args.top_k, "--top-k")
+    for path in args.images:  # fail on a bad image before loading weights
+        load_image(path)
+    predictor = predictor_from_args(args)
+    transform = predictor.transform
+    for path in args.images:
+        probs = predictor.probabilities(transform(path)[None].numpy())[0]
+        preds = top_k(predictor, probs, args.top_k, args.show_background)
+        if args.json:
+            print_json({"image": path, "predictions": [p.as_dict() for p in preds]})
+        else:
+            print(path)
+            for p in preds:
+                print(f"  {p.score:7.4f}  {p.label}  [{p.index}]")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..tasks.classify import evaluate
+
+    predictor = predictor_from_args(args)
+    res = evaluate(predictor, args.data, args.labels, args.limit, args.batch_size, args.workers)
+    if args.json:
+        print_json(res.as_dict())
+    else:
+        skipped = f", {res.skipped} unreadable skipped" if res.skipped else ""
+        print(f"{predictor.name} ({predictor.backend}) on {args.data}: top-1 {res.top1:.4f}  top-5 {res.top5:.4f}  "
+              f"n={res.n}{skipped}  {res.images_per_s:.1f} images/s")  # fmt: skip
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ..data.images import load_image
+    from ..tasks.embed import embed_images, expand_images
+
+    paths = expand_images(args.images)
+    for p in paths:
+        load_image(p)
+    predictor = predictor_from_args(args)
+    emb = embed_images(predictor, paths, l2=args.l2)
+    with atomic_write(args.output) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
+    print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32 ({predictor.name}, {'L2-normalised' if args.l2 else 'raw'})")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from ..data.images import load_image
+    from ..tasks.embed import embed_images, gallery_embeddings, nearest
+
+    _check_k(args.k, "-k")
+    load_image(args.query)
+    predictor = predictor_from_args(args)
+    paths, gallery = gallery_embeddings(predictor, args.gallery)
+    query = embed_images(predictor, [Path(args.query)], l2=True, progress=False)[0]
+    hits = nearest(query, gallery, args.k)
+    if args.json:
+        print_json({"query": args.query, "neighbours": [{"image": str(paths[i]), "cosine": s} for i, s in hits]})
+    else:
+        for i, s in hits:
+            print(f"{s:7.4f}  {paths[i]}")
+    return 0

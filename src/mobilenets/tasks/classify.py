@@ -1,0 +1,116 @@
+"""Classify images and evaluate top-1/top-5 with any `Predictor`.
+
+Official weights have 1001 outputs with index 0 = TF's 'background' class. Predictions
+report the model's own output index (Google's convention: cheeseburger is 934), never
+show background unless asked, and evaluation maps dataset class ``i`` (sorted-wnid order)
+to output ``i + 1`` for such models.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.datasets import ImageDataset, SkipCorrupt, collate_skip, open_dataset
+from ..data.images import load_image
+from ..errors import MobilenetsError
+from ..runtime import Predictor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "label": self.label, "score": self.score}
+
+
+def top_k(predictor: Predictor, probs: np.ndarray, k: int, show_background: bool = False) -> list[Prediction]:
+    """The ``k`` most probable classes of one probability vector (background dropped unless asked)."""
+    order = np.argsort(-probs, kind="stable")
+    if predictor.has_background and not show_background:
+        order = order[order != 0]
+    return [Prediction(int(i), predictor.label(int(i)), float(probs[i])) for i in order[:k]]
+
+
+def classify_images(predictor: Predictor, paths: list[str | os.PathLike], k: int = 5,
+                    show_background: bool = False) -> list[list[Prediction]]:  # fmt: skip
+    """Top-``k`` predictions for each image, in order. Bad images raise `ImageError`."""
+    transform = predictor.transform
+    out = []
+    for path in paths:
+        batch = transform(load_image(path))[None].numpy()
+        out.append(top_k(predictor, predictor.probabilities(batch)[0], k, show_background))
+    return out
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    top1: float
+    top5: float
+    n: int
+    images_per_s: float
+    skipped: int
+
+    def as_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "n": self.n, "images_per_s": self.images_per_s,
+                "skipped": self.skipped}  # fmt: skip
+
+
+def label_offset(predictor: Predictor, imagenet: bool, dataset_classes: int) -> int:
+    """How dataset class indices map to model outputs (ImageNet class i -> output i + 1 with background)."""
+    if imagenet:
+        if predictor.num_classes == 1001:
+            return 1
+        if predictor.num_classes == 1000:
+            return 0
+        raise MobilenetsError(f"{predictor.name} has {predictor.num_classes} classes; ImageNet labels need 1000 or 1001")
+    if predictor.num_classes != dataset_classes:
+        raise MobilenetsError(f"the data has {dataset_classes} classes but {predictor.name} has {predictor.num_classes}")
+    return 0
+
+
+def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+             limit: int | None = None, batch_size: int = 32, workers: int = 2, progress: bool = True) -> EvalResult:  # fmt: skip
+    """Top-1/top-5 accuracy of ``predictor`` on a labelled folder (see `open_dataset` for layouts)."""
+    # A fine-tuned model's class names fix which folder is which output.
+    custom = predictor.num_classes not in (1000, 1001) and predictor.labels
+    data = open_dataset(data_dir, labels_file, classes=list(predictor.labels) if custom else None)
+    offset = label_offset(predictor, data.imagenet, len(data.classes))
+    if limit is not None:
+        if limit <= 0:
+            raise MobilenetsError(f"--limit must be > 0, got {limit}")
+        data.samples = data.samples[:limit]
+    ds = ImageDataset(data, predictor.transform, label_offset=offset)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
+                        persistent_workers=False)  # fmt: skip
+    k = min(5, predictor.num_classes)
+    correct1 = correct5 = n = 0
+    skipped = SkipCorrupt()
+    start = time.perf_counter()
+    with tqdm(total=len(ds), unit="img", desc="evaluate", disable=not progress, file=sys.stderr) as bar:
+        for images, labels, bad in loader:
+            for err in bad:
+                skipped.record(err)
+            if images is not None:
+                probs = predictor.probabilities(images.numpy())
+                topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                lab = labels.numpy()
+                correct1 += int((topk[:, 0] == lab).sum())
+                correct5 += int((topk == lab[:, None]).any(1).sum())
+                n += len(lab)
+            bar.update(len(bad) + (0 if images is None else len(images)))
+            if n:
+                bar.set_postfix(top1=f"{correct1 / n:.3f}", top5=f"{correct5 / n:.3f}")
+    seconds = time.perf_counter() - start
+    if n == 0:
+        raise MobilenetsError(f"{data_dir}: none of the {len(ds)} images could be read")
+    return EvalResult(correct1 / n, correct5 / n, n, n / seconds, skipped.count)
