@@ -35,12 +35,14 @@ def tf_central_crop_box(height: int, width: int, fraction: float) -> tuple[int, 
 
 
 def tf1_resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """TF1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)`` of an HxWxC float32 array.
+    """TF1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)`` of an HxWxC image.
 
     Source coordinate of output pixel ``i`` is ``i * in / out`` (float32), no antialias;
-    the arithmetic order follows TF's kernel so results agree to float32 rounding.
+    the arithmetic order follows TF's kernel so results agree to float32 rounding. A uint8
+    image is treated as TF's ``convert_image_dtype`` would (x / 255 in float32), converting
+    only the rows and columns the output reads, which gives identical values faster.
     """
-    image = np.asarray(image, dtype=np.float32)
+    image = np.asarray(image)
     in_h, in_w = image.shape[:2]
 
     def axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,11 +52,14 @@ def tf1_resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray
         hi = np.minimum(np.ceil(src), in_size - 1).astype(np.int64)
         return lo.astype(np.int64), hi, (src - lo).astype(np.float32)
 
+    def to_float(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) * _U8_SCALE if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
     y0, y1, ly = axis(in_h, out_h)
     x0, x1, lx = axis(in_w, out_w)
     lx = lx[None, :, None]
-    top = image[y0]
-    bottom = image[y1]
+    top = to_float(image[y0])
+    bottom = to_float(image[y1])
     top = top[:, x0] + (top[:, x1] - top[:, x0]) * lx
     bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * lx
     return top + (bottom - top) * ly[:, None, None]
@@ -80,10 +85,9 @@ class EvalTransform:
         """HxWx3 float32 after crop and resize, still in [0, 1] (for uint8 runtimes)."""
         if not isinstance(img, Image.Image):
             img = load_image(img)
-        x = np.asarray(img, dtype=np.uint8).astype(np.float32) * _U8_SCALE
+        x = np.asarray(img, dtype=np.uint8)
         top, left, h, w = tf_central_crop_box(x.shape[0], x.shape[1], self.crop_fraction)
-        x = x[top : top + h, left : left + w]
-        return tf1_resize_bilinear(x, self.resolution, self.resolution)
+        return tf1_resize_bilinear(x[top : top + h, left : left + w], self.resolution, self.resolution)
 
     def __call__(self, img: Image.Image | str | os.PathLike) -> torch.Tensor:
         x = (self.to_array(img) - np.float32(self.mean)) / np.float32(self.std)
