@@ -39,7 +39,7 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="top-k ImageNet (or fine-tuned) labels for images")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--show-background", action="store_true", help="allow index 0 ('background') in predictions")
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "predictions"}')
@@ -81,18 +81,16 @@ def _check_k(k: int, flag: str) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from ..data.images import load_image
-    from ..tasks.classify import top_k
+    from ..tasks.classify import classify_images
+    from ..tasks.embed import expand_images
 
     _check_k(args.top_k, "--top-k")
-    for path in args.images:  # fail on a bad image before loading weights
-        load_image(path)
+    paths = expand_images(args.images)
+    images = [load_image(path) for path in paths]  # a bad image fails before the weights load
     predictor = predictor_from_args(args)
-    transform = predictor.transform
-    for path in args.images:
-        probs = predictor.probabilities(transform(path)[None].numpy())[0]
-        preds = top_k(predictor, probs, args.top_k, args.show_background)
+    for path, preds in zip(paths, classify_images(predictor, images, args.top_k, args.show_background)):
         if args.json:
-            print_json({"image": path, "predictions": [p.as_dict() for p in preds]})
+            print_json({"image": str(path), "predictions": [p.as_dict() for p in preds]})
         else:
             print(path)
             for p in preds:

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.datasets import ImageDataset, SkipCorrupt, collate_skip, open_dataset
-from ..data.images import load_image
 from ..errors import MobilenetsError
 from ..runtime import Predictor
 
@@ -41,15 +41,12 @@ def top_k(predictor: Predictor, probs: np.ndarray, k: int, show_background: bool
     return [Prediction(int(i), predictor.label(int(i)), float(probs[i])) for i in order[:k]]
 
 
-def classify_images(predictor: Predictor, paths: list[str | os.PathLike], k: int = 5,
+def classify_images(predictor: Predictor, images: list[Image.Image | str | os.PathLike], k: int = 5,
                     show_background: bool = False) -> list[list[Prediction]]:  # fmt: skip
-    """Top-``k`` predictions for each image, in order. Bad images raise `ImageError`."""
+    """Top-``k`` predictions for each image (PIL image or path), in order. Bad files raise `ImageError`."""
     transform = predictor.transform
-    out = []
-    for path in paths:
-        batch = transform(load_image(path))[None].numpy()
-        out.append(top_k(predictor, predictor.probabilities(batch)[0], k, show_background))
-    return out
+    return [top_k(predictor, predictor.probabilities(transform(img)[None].numpy())[0], k, show_background)
+            for img in images]  # fmt: skip
 
 
 @dataclass(frozen=True)
