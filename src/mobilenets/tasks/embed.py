@@ -66,7 +66,9 @@ def _cache_file(gallery: Path, key: str) -> Path:
     beside = gallery / f".mobilenets-gallery-{key}.npz"
     if os.access(gallery, os.W_OK):
         return beside
-    home = Path(os.environ.get("MOBILENETS_HOME", Path.home() / ".cache" / "mobilenets"))
+    from ..weights.cache import cache_dir
+
+    home = cache_dir()
     folder_id = hashlib.sha256(str(gallery.resolve()).encode()).hexdigest()[:16]
     return home / "galleries" / f"{folder_id}-{key}.npz"
 

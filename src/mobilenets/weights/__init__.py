@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,27 @@ class LoadedWeights:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+_DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
+
+
+def infer_alpha(state: dict[str, torch.Tensor], source: str | os.PathLike) -> float:
+    """The width multiplier that reproduces every layer's channel count (TF-Slim rule, min depth 8)."""
+    from ..models.mobilenet_v1 import MOBILENET_V1_CONV_DEFS, scaled_depth
+
+    names = ["Conv2d_0"] + [f"Conv2d_{i}_pointwise" for i in range(1, 14)]
+    depths = [state[f"features.{n}.conv.weight"].shape[0] for n in names]
+    ratio = depths[-1] / 1024
+    for cand in (round(ratio, 2), round(ratio, 4), ratio):  # 0.1 rather than 0.099609375
+        if [scaled_depth(d.depth, cand) for d in MOBILENET_V1_CONV_DEFS] == depths:
+            return cand
+    raise WeightsError(f"{source}: channel counts {depths} fit no MobileNet v1 width multiplier")
+
+
 def read_weights(path: str | os.PathLike) -> LoadedWeights:
     """Read any supported weights file; `WeightsError` names the problem otherwise."""
     path = Path(path)
-    if path.name.endswith(".ckpt") or path.name.endswith(".index") or ".ckpt.data-" in path.name:
+    is_ckpt = path.name.endswith((".ckpt", ".index")) or _DATA_SHARD.search(path.name)
+    if is_ckpt or (not path.exists() and Path(f"{path}.index").is_file()):  # also model.ckpt-1234
         from .slim_ckpt import read_slim_checkpoint
 
         return read_slim_checkpoint(path)
@@ -144,25 +162,33 @@ def build_model(w: LoadedWeights, resolution: int | None = None, num_classes: in
     return model
 
 
-def load_pretrained(name: str, weights: str | os.PathLike, alpha: float | None = None,
-                    resolution: int | None = None, **overrides):  # fmt: skip
-    """``create_model(name, weights=...)``: check the file against the named config, then build."""
+def check_fits(w: LoadedWeights, name: str, alpha: float | None = None, resolution: int | None = None) -> int:
+    """Check loaded weights against a registered config; returns the input resolution to use.
+
+    The width must match; a resolution the file records must match the name's unless
+    ``resolution`` is given explicitly (weights themselves work at any size).
+    """
     from ..models.registry import get_spec
 
     spec = get_spec(name)
-    if str(weights) == "imagenet":
-        from .cache import fetch_official
-
-        w = read_weights(fetch_official(name))
-    else:
-        w = read_weights(weights)
     want_alpha = spec.alpha if alpha is None else alpha
     if abs(w.alpha - want_alpha) > 1e-6:
         raise WeightsError(f"{w.source}: weights have alpha={w.alpha:g} but {name} has alpha={want_alpha:g}")
     if resolution is None and w.resolution is not None and w.resolution != spec.resolution:
         raise WeightsError(f"{w.source}: weights were built for {w.resolution}x{w.resolution} but {name} is "
                            f"{spec.resolution}; pass resolution={w.resolution} (or --resolution) to use them")  # fmt: skip
-    return build_model(w, resolution=resolution or spec.resolution, **overrides)
+    return resolution or spec.resolution
+
+
+def load_pretrained(name: str, weights: str | os.PathLike, alpha: float | None = None,
+                    resolution: int | None = None, **overrides):  # fmt: skip
+    """``create_model(name, weights=...)``: check the file against the named config, then build."""
+    if str(weights) == "imagenet":
+        from .cache import fetch_official
+
+        weights = fetch_official(name)
+    w = read_weights(weights)
+    return build_model(w, resolution=check_fits(w, name, alpha, resolution), **overrides)
 
 
 def describe(w: LoadedWeights) -> dict[str, Any]:

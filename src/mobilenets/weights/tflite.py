@@ -23,8 +23,8 @@ import torch
 
 from ..errors import WeightsError
 from ..models.layers import BN_EPS
-from ..models.mobilenet_v1 import MOBILENET_V1_CONV_DEFS, scaled_depth
-from . import LoadedWeights
+from ..models.mobilenet_v1 import MOBILENET_V1_CONV_DEFS
+from . import LoadedWeights, infer_alpha
 
 _ALLOWED_OTHER_OPS = {"AVERAGE_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "SOFTMAX", "QUANTIZE", "DEQUANTIZE"}
 _TFLITE_IDENT = b"TFL3"
@@ -108,13 +108,13 @@ class _Graph:
             return None
         return float(q.ScaleAsNumpy()[0]), int(q.ZeroPointAsNumpy()[0]) if q.ZeroPointLength() else 0
 
-    def conv_options(self, op) -> tuple[int, int, int]:
-        """(stride, dilation, padding enum) of a conv/depthwise op."""
+    def conv_options(self, op) -> int:
+        """The stride of a conv/depthwise op."""
         opts = op.BuiltinOptions()
         cls = self.schema.DepthwiseConv2DOptions if self.ops_of(op) == "DEPTHWISE_CONV_2D" else self.schema.Conv2DOptions
         o = cls()
         o.Init(opts.Bytes, opts.Pos)
-        return o.StrideH(), o.DilationHFactor(), o.Padding()
+        return o.StrideH()
 
     def ops_of(self, op) -> str:
         return self._op_name(op)
@@ -146,14 +146,14 @@ def read_tflite(path: str | Path) -> LoadedWeights:
         raise WeightsError(f"{path}: not a MobileNet v1 classifier/backbone ({what}; expected 27 or 28 convs in v1 order)")
 
     state: dict[str, torch.Tensor] = {}
-    names = [f"Conv2d_0"] + [f"Conv2d_{i}_{k}" for i in range(1, 14) for k in ("depthwise", "pointwise")]
+    names = ["Conv2d_0"] + [f"Conv2d_{i}_{k}" for i in range(1, 14) for k in ("depthwise", "pointwise")]
     quantized = False
     strides = []
     for (idx, op), scope in zip(convs[:27], names):
         w_idx, b_idx = op.Inputs(1), op.Inputs(2) if op.InputsLength() > 2 else -1
         w = g.array(w_idx)
         quantized |= g.tensor(w_idx).Type() != g.schema.TensorType.FLOAT32
-        stride, dilation, _pad = g.conv_options(op)
+        stride = g.conv_options(op)
         strides.append(stride)
         if scope.endswith("depthwise"):
             weight = w.transpose(3, 0, 1, 2)  # [1, kh, kw, C] -> [C, 1, kh, kw]
@@ -174,7 +174,7 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     if got_strides != expected_strides:
         raise WeightsError(f"{path}: conv strides {got_strides} are not MobileNet v1's {expected_strides}")
     final = state["features.Conv2d_13_pointwise.conv.weight"].shape[0]
-    alpha = _infer_alpha(state, path)
+    alpha = infer_alpha(state, path)
     num_classes = 0
     if len(convs) == 28:
         _, op = convs[27]
@@ -193,17 +193,6 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     fmt = "tflite-quant" if quantized else "tflite-float"
     meta = {"input_quantization": g.io_quantization(inp), "quantized": quantized}
     return LoadedWeights(state, alpha, num_classes, resolution, str(path), fmt, labels, meta)
-
-
-def _infer_alpha(state: dict[str, torch.Tensor], path: Path) -> float:
-    """The width multiplier that reproduces every layer's channel count (min depth 8)."""
-    depths = [state[f"features.{n}.conv.weight"].shape[0] for n in
-              ["Conv2d_0"] + [f"Conv2d_{i}_pointwise" for i in range(1, 14)]]  # fmt: skip
-    alpha = depths[-1] / 1024
-    for cand in (alpha, round(alpha, 4), round(alpha, 2)):
-        if [scaled_depth(d.depth, cand) for d in MOBILENET_V1_CONV_DEFS] == depths:
-            return cand
-    raise WeightsError(f"{path}: channel counts {depths} fit no MobileNet v1 width multiplier")
 
 
 def _labels_from_metadata(g: _Graph) -> list[str] | None:

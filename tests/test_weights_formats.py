@@ -1,0 +1,279 @@
+"""Weight readers: TF-Slim checkpoints, Keras .h5 and release archives reproduce their source's outputs.
+
+Fixtures are written by TensorFlow / Keras themselves (tests/fixtures/make_slim_ckpt.py,
+make_keras_h5.py) together with the logits TF computed, so a wrong layout, name or
+padding makes the comparison fail.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets.errors import WeightsError
+from mobilenets.weights import archive, build_model, read_weights
+from mobilenets.weights.keras_h5 import read_keras_h5
+from mobilenets.weights.slim_ckpt import crc32c, read_slim_checkpoint
+
+from .conftest import FIXTURES, shared_path
+
+CKPT = "slim_tiny.ckpt"
+SHARD = ".data-00000-of-00001"
+SLIM = np.load(FIXTURES / "slim_tiny_expected.npz")
+KERAS = np.load(FIXTURES / "keras_expected.npz")
+KERAS_FILES = ("keras2_weights.h5", "keras3_model.h5", "keras3.weights.h5")
+
+
+def logits(w, x_nhwc: np.ndarray, **kwargs) -> np.ndarray:
+    model = build_model(w, **kwargs).eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).numpy()
+
+
+def copy_ckpt(dest: Path, stem: str = "model.ckpt") -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in (".index", SHARD):
+        shutil.copy(FIXTURES / f"{CKPT}{suffix}", dest / f"{stem}{suffix}")
+    return dest / stem
+
+
+def keras_file(tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    with lzma.open(FIXTURES / f"{name}.xz") as src, open(out, "wb") as f:
+        shutil.copyfileobj(src, f)
+    return out
+
+
+def make_tgz(dest: Path, members: dict[str, bytes | Path], mode: str = "w:gz") -> Path:
+    with tarfile.open(dest, mode) as tar:
+        for name, data in members.items():
+            data = data.read_bytes() if isinstance(data, Path) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def slim_members(stem: str = "mobilenet_v1_0.0625_64") -> dict[str, bytes | Path]:
+    return {f"{stem}.ckpt.index": FIXTURES / f"{CKPT}.index", f"{stem}.ckpt{SHARD}": FIXTURES / f"{CKPT}{SHARD}",
+            f"{stem}_info.txt": b"Model: test\n", f"{stem}.ckpt.meta": b"graph"}  # fmt: skip
+
+
+# --- CRC32C --------------------------------------------------------------------------------
+
+
+def _crc32c_bitwise(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def test_crc32c_matches_the_definition():
+    assert crc32c(b"123456789") == 0xE3069283  # the standard check value
+    assert crc32c(b"") == 0
+    rng = np.random.default_rng(0)
+    for n in (1, 63, 64, 65, 200, 4097, 70_001):  # lane splits, tree joins and tails
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert crc32c(data) == _crc32c_bitwise(data), n
+
+
+# --- TF-Slim checkpoints ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", ".index", SHARD])
+def test_slim_checkpoint_reproduces_tensorflow(suffix):
+    w = read_weights(FIXTURES / f"{CKPT}{suffix}")
+    assert (w.format, w.alpha, w.num_classes, w.meta["ema"]) == ("slim-ckpt", 0.0625, 10, True)
+    np.testing.assert_allclose(logits(w, SLIM["x"]), SLIM["logits_ema"], atol=1e-5)
+
+
+def test_slim_checkpoint_ema_choice_and_layouts():
+    raw = read_slim_checkpoint(FIXTURES / CKPT, use_ema=False)
+    assert raw.meta == {"ema": False, "ema_tensors": 0}
+    np.testing.assert_allclose(logits(raw, SLIM["x"]), SLIM["logits_raw"], atol=1e-5)
+    assert np.abs(SLIM["logits_raw"] - SLIM["logits_ema"]).max() > 0.1  # the two really differ
+
+    state = read_slim_checkpoint(FIXTURES / CKPT).state_dict
+    # HWIO -> OIHW, and the EMA shadow rather than the raw variable
+    np.testing.assert_array_equal(state["features.Conv2d_0.conv.weight"].numpy(),
+                                  SLIM["conv0_weights_ema"].transpose(3, 2, 0, 1))  # fmt: skip
+    assert state["features.Conv2d_1_depthwise.conv.weight"].shape == (8, 1, 3, 3)
+    assert not torch.equal(state["features.Conv2d_0.bn.weight"], torch.ones(8))  # gamma in the file
+    assert torch.equal(state["features.Conv2d_5_pointwise.bn.weight"], torch.ones(16))  # slim's scale=False
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda p: p.with_name(p.name + SHARD).write_bytes(p.with_name(p.name + SHARD).read_bytes()[:50_000]),
+         "truncated checkpoint data"),
+        (lambda p: _flip(p.with_name(p.name + SHARD), 40_000), "fails its CRC32C check"),
+        (lambda p: p.with_name(p.name + ".index").write_bytes(p.with_name(p.name + ".index").read_bytes()[:-20]),
+         "not a TensorFlow checkpoint index"),
+        (lambda p: _flip(p.with_name(p.name + ".index"), 100), "corrupt checkpoint index"),
+        (lambda p: p.with_name(p.name + SHARD).unlink(), "cannot read checkpoint data"),
+        (lambda p: p.with_name(p.name + ".index").unlink(), "no such checkpoint"),
+    ],
+    ids=["data-truncated", "data-bitflip", "index-truncated", "index-bitflip", "no-data", "no-index"],
+)  # fmt: skip
+def test_slim_checkpoint_damage_is_one_clear_error(tmp_path, damage, needle):
+    prefix = copy_ckpt(tmp_path)
+    damage(prefix)
+    with pytest.raises(WeightsError, match=needle) as err:
+        read_slim_checkpoint(prefix)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_slim_backbone_checkpoint_has_no_head():
+    w = read_weights(FIXTURES / "slim_backbone.ckpt")
+    assert (w.alpha, w.num_classes, w.meta["ema"]) == (0.0625, 0, False)
+    assert not any(k.startswith("classifier.") for k in w.state_dict)
+    feats = build_model(w).eval()(torch.zeros(1, 3, 64, 64))
+    assert feats.shape == (1, 64)
+
+
+@pytest.mark.parametrize(("stem", "needle"), [("slim_v2", "not a TF-Slim MobileNet v1 checkpoint"),
+                                               ("slim_partial", "variables missing from the checkpoint")])  # fmt: skip
+def test_slim_checkpoint_of_something_else(stem, needle):
+    with pytest.raises(WeightsError, match=needle):
+        read_weights(FIXTURES / f"{stem}.ckpt")
+
+
+def test_slim_data_shard_without_index(tmp_path):
+    shutil.copy(FIXTURES / f"{CKPT}{SHARD}", tmp_path / f"x.ckpt{SHARD}")
+    with pytest.raises(WeightsError, match="no such checkpoint"):
+        read_weights(tmp_path / f"x.ckpt{SHARD}")
+
+
+# --- Keras .h5 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KERAS_FILES)
+def test_keras_h5_reproduces_keras(tmp_path, name):
+    w = read_weights(keras_file(tmp_path, name))
+    assert (w.format, w.alpha, w.num_classes) == ("keras-h5", 0.25, 10)
+    assert w.resolution == (64 if name == "keras3_model.h5" else None)  # only a full-model save records it
+    x = KERAS["pixels"].astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(logits(w, x), KERAS["logits"], atol=1e-5)
+    # the comparison is sharp: PyTorch's symmetric padding instead of TF 'SAME' misses by far more
+    assert np.abs(logits(w, x, padding="symmetric") - KERAS["logits"]).max() > 1e-3
+
+
+def test_keras_needs_h5py(tmp_path, monkeypatch):
+    path = keras_file(tmp_path, "keras2_weights.h5")
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py -> ImportError
+    with pytest.raises(WeightsError, match=r"pip install 'mobilenets\[keras\]'"):
+        read_keras_h5(path)
+
+
+def test_keras_h5_of_something_else(tmp_path):
+    import h5py
+
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(WeightsError, match="no Keras weights"):
+        read_weights(path)
+    trunc = tmp_path / "trunc.h5"
+    trunc.write_bytes(keras_file(tmp_path, "keras2_weights.h5").read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="unreadable Keras .h5"):
+        read_weights(trunc)
+
+
+# --- release archives ---------------------------------------------------------------------
+
+
+def test_archive_prefers_the_checkpoint(tmp_path):
+    tgz = make_tgz(tmp_path / "mobilenet_v1_0.0625_64.tgz", {**slim_members(), "mobilenet_v1_0.0625_64.tflite": b"x"})
+    w = read_weights(tgz)
+    assert (w.format, w.resolution, w.num_classes) == ("slim-ckpt", 64, 10)
+    assert w.source == f"{tgz}:mobilenet_v1_0.0625_64.ckpt.index"
+    np.testing.assert_allclose(logits(w, SLIM["x"]), SLIM["logits_ema"], atol=1e-5)
+
+
+def test_archive_with_only_a_tflite(tmp_path):
+    tflite = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
+    tgz = make_tgz(tmp_path / "a.tar", {"dir/mobilenet_v1_0.25_224.tflite": tflite, "dir/x_info.txt": b""}, "w")
+    w = read_weights(tgz)
+    assert (w.format, w.alpha, w.resolution, w.num_classes) == ("tflite-float", 0.25, 224, 1001)
+
+
+def _unsafe(tar: tarfile.TarFile, kind: str) -> None:
+    info = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": "/tmp/evil.txt"}.get(kind, "evil"))
+    if kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, "../outside"
+    elif kind == "device":
+        info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    data = b"pwned" if info.type == tarfile.REGTYPE else b""
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink", "device"])
+def test_archive_refuses_unsafe_members(tmp_path, kind):
+    tgz = tmp_path / "work" / "evil.tgz"
+    tgz.parent.mkdir()
+    with tarfile.open(tgz, "w:gz") as tar:
+        for name, data in slim_members().items():
+            info = tarfile.TarInfo(name)
+            payload = data.read_bytes() if isinstance(data, Path) else data
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        _unsafe(tar, kind)
+    with pytest.raises(WeightsError, match="unsafe archive member"):
+        read_weights(tgz)
+    assert not (tmp_path / "evil.txt").exists() and sorted(p.name for p in tgz.parent.iterdir()) == ["evil.tgz"]
+
+
+def test_archive_limits(tmp_path, monkeypatch):
+    tgz = make_tgz(tmp_path / "a.tgz", slim_members())
+    monkeypatch.setattr(archive, "MAX_BYTES", 100_000)
+    with pytest.raises(WeightsError, match="archive is too large"):
+        read_weights(tgz)
+    monkeypatch.setattr(archive, "MAX_BYTES", 1 << 30)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 3)
+    with pytest.raises(WeightsError, match="archive is too large"):
+        read_weights(tgz)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty-archive", "bad-member"])
+def test_archive_damage_is_one_clear_error(tmp_path, kind, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    tgz = make_tgz(tmp_path / "a.tgz", slim_members())
+    if kind == "truncated":
+        tgz.write_bytes(tgz.read_bytes()[: tgz.stat().st_size // 2])
+    elif kind == "garbage":
+        tgz.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+    elif kind == "empty-archive":
+        make_tgz(tgz, {"README": b"nothing here"})
+    else:  # a damaged checkpoint inside a sound archive: the error names the member, not a temp copy
+        members = slim_members()
+        members["mobilenet_v1_0.0625_64.ckpt.index"] = b"\0" * 100
+        make_tgz(tgz, members)
+    needle = {"truncated": "corrupt, truncated", "garbage": "corrupt, truncated", "empty-archive": "holds no",
+              "bad-member": f"{tgz}:mobilenet_v1_0.0625_64.ckpt.index: not a TensorFlow checkpoint"}[kind]  # fmt: skip
+    with pytest.raises(WeightsError, match=needle.replace(".", r"\.")) as err:
+        read_weights(tgz)
+    assert "\n" not in str(err.value)
+    assert list(scratch.iterdir()) == []  # the temporary extraction is always removed
