@@ -22,9 +22,20 @@ $(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[$*]" $(TORCH)
 	touch $@
 
+# The demo photo and, for machines without internet, Google's float 0.25_224 file.
+IMAGE      ?= ../shared/data/images/grace_hopper.bmp
+OFFLINE_WEIGHTS ?= ../shared/data/models/mobilenet_v1_0.25_224_1_default_1.tflite
+
 demo: $(VENV)/.installed-$(EXTRAS_DEMO)
 	$(BIN)/mobilenets table
-	$(BIN)/mobilenets profile --alpha 0.6 --resolution 200
+	@echo
+	@echo '$$ mobilenets classify $(IMAGE)    # default model, official weights (downloaded once)'
+	@$(BIN)/mobilenets classify $(IMAGE) || { \
+	  if [ -f $(OFFLINE_WEIGHTS) ]; then \
+	    echo '(no download possible; classifying with a local Google file instead:)'; \
+	    echo '$$ mobilenets classify $(IMAGE) --weights $(OFFLINE_WEIGHTS)'; \
+	    $(BIN)/mobilenets classify $(IMAGE) --weights $(OFFLINE_WEIGHTS); \
+	  else exit 1; fi; }
 
 test: $(VENV)/.installed-$(EXTRAS_TEST)
 	$(BIN)/python -m pytest -q

@@ -141,5 +141,5 @@ def fetch_official(name: str, progress: bool = True) -> Path:
             failures.append(f"{url} (file unusable: {e})")
     by_hand = " or ".join(str(download_path(u)) for u in entry.urls)
     raise WeightsError(
-        f"cannot get weights {name}: {'; '.join(failures)}. Download a file by hand to {by_hand} and retry"
+        f"cannot get weights {name}: {'; '.join(failures)}. Download a file by hand to {by_hand} and retry, or pass --weights FILE (.tgz, .ckpt, .h5, .tflite or .safetensors)"
     )
