@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 EXTRAS_DEMO := tflite
-EXTRAS_TEST := dev,tflite,onnx,keras,plot
+EXTRAS_TEST := dev,tflite,litert,onnx,openvino,keras,plot
 
 .PHONY: demo test test-fast bench lint clean
 
@@ -44,7 +44,9 @@ test-fast: $(VENV)/.installed-$(EXTRAS_TEST)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed-$(EXTRAS_TEST)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/deploy_accuracy.py
+	$(BIN)/python benchmarks/deploy_speed.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 lint: $(VENV)/.installed-$(EXTRAS_TEST)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: the cache folder and atomic file writes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def cache_dir() -> Path:
+    """The package's cache: ``$MOBILENETS_HOME``, else ``~/.cache/mobilenets`` (weights, exports, bench results)."""
+    return Path(os.environ.get("MOBILENETS_HOME") or Path.home() / ".cache" / "mobilenets").expanduser()
 
 
 @contextlib.contextmanager

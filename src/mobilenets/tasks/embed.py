@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.images import is_image_file, load_image
 from ..errors import MobilenetsError
 from ..runtime import Predictor
-from ..utils import atomic_write
+from ..utils import atomic_write, cache_dir
 
 
 def expand_images(items: list[str | os.PathLike]) -> list[Path]:
@@ -66,8 +66,6 @@ def _cache_file(gallery: Path, key: str) -> Path:
     beside = gallery / f".mobilenets-gallery-{key}.npz"
     if os.access(gallery, os.W_OK):
         return beside
-    from ..weights.cache import cache_dir
-
     home = cache_dir()
     folder_id = hashlib.sha256(str(gallery.resolve()).encode()).hexdigest()[:16]
     return home / "galleries" / f"{folder_id}-{key}.npz"

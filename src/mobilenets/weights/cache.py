@@ -26,16 +26,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..utils import cache_dir
 from .catalog import CATALOG, WeightsEntry
 
 CHUNK = 1 << 20
 RESUME_ATTEMPTS = 5
 TIMEOUT_S = 30.0
-
-
-def cache_dir() -> Path:
-    """``$MOBILENETS_HOME`` or ``~/.cache/mobilenets``."""
-    return Path(os.environ.get("MOBILENETS_HOME") or Path.home() / ".cache" / "mobilenets").expanduser()
 
 
 def download_path(url: str) -> Path:

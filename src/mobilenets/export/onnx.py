@@ -1,0 +1,89 @@
+"""Export to ONNX through ``torch.onnx``: float, or int8 QDQ statically calibrated.
+
+`DeployModule` is traced (TorchScript exporter, opset 17, dynamic batch), then ONNX
+Runtime's basic graph optimizations fold the constant TF 'SAME' pads into the convs'
+``pads`` attribute (ONNX convs take asymmetric padding natively) and constant-fold the
+rest: the float graph is 28 Conv, 27 Clip, one pool, flatten and softmax. Int8 is QDQ
+(`quantize.ort_quantize`): per-channel int8 weights, uint8 activations, min/max
+calibration on the user's images. The metadata rides in ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MobilenetsError
+from ..utils import atomic_write
+from .metadata import EMBEDDING, METADATA_KEY, PROBABILITIES, ArtifactInfo
+from .prepare import DeployModule
+
+OPSET = 17
+INPUT_NAME = "input"
+
+
+def require_onnx():
+    """Import onnx and onnxruntime, or say which extra installs them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise MobilenetsError("exporting to .onnx needs onnx and onnxruntime: pip install 'mobilenets[onnx]'") from None
+    onnxruntime.set_default_logger_severity(3)
+    return onnx, onnxruntime
+
+
+def export_float_onnx(model: torch.nn.Module, resolution: int, out: str | os.PathLike) -> None:
+    """Trace ``model`` to ``out`` and let ONNX Runtime fold pads and constants (basic level, layout-neutral)."""
+    _, ort = require_onnx()
+    deploy = DeployModule(model, resolution).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                deploy, (torch.zeros(1, 3, resolution, resolution),), str(raw), input_names=[INPUT_NAME],
+                output_names=[PROBABILITIES, EMBEDDING], opset_version=OPSET, dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, PROBABILITIES: {0: "batch"}, EMBEDDING: {0: "batch"}},
+            )  # fmt: skip
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
+                calibration: np.ndarray | None = None) -> ArtifactInfo:  # fmt: skip
+    """Write ``model`` as ``.onnx`` (int8 QDQ when ``calibration`` is given) with ``info`` inside."""
+    onnx, _ = require_onnx()
+    info.layout, info.int8, info.input_dtype, info.input_quantization = "NCHW", calibration is not None, "float32", None
+    info.outputs = {PROBABILITIES: PROBABILITIES, EMBEDDING: EMBEDDING}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "float.onnx"
+        export_float_onnx(model, info.resolution, path)
+        if calibration is not None:
+            from ..quantize import ORT_SETTINGS, ort_quantize
+
+            quantized = Path(tmp) / "int8.onnx"
+            level = logging.getLogger().level
+            logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice to pre-process (done above)
+            try:
+                ort_quantize(path, quantized, calibration, INPUT_NAME)
+            finally:
+                logging.getLogger().setLevel(level)
+            path = quantized
+            info.quantization = {**ORT_SETTINGS, "calibration_images": len(calibration)}
+        proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    proto.producer_name = "mobilenets"
+    with atomic_write(out) as tmp_out:
+        onnx.save(proto, str(tmp_out))
+    return info

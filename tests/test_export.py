@@ -1,0 +1,222 @@
+"""Export: the folded deploy graph, ONNX and LiteRT artifacts, int8 calibration, metadata, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mobilenets
+from mobilenets.cli import main
+from mobilenets.errors import MobilenetsError
+from mobilenets.export import export_model, read_artifact_info, synthetic_images
+from mobilenets.export.prepare import DeployModule
+
+from .conftest import shared_path
+
+
+def random_model(alpha: float = 0.25, resolution: int = 96, num_classes: int = 10, seed: int = 0):
+    """A small MobileNet with non-trivial BatchNorm statistics (so folding is really tested)."""
+    torch.manual_seed(seed)
+    model = mobilenets.mobilenet_v1(alpha=alpha, resolution=resolution, num_classes=num_classes).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.normal_(0, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.2)
+    model.pretrained_cfg = {"labels": [f"class{i}" for i in range(num_classes)], "has_background": False}
+    return model
+
+
+@pytest.mark.parametrize("resolution", [96, 97, 64])
+def test_deploy_module_is_the_model(resolution):
+    model = random_model(resolution=resolution)
+    x = torch.from_numpy(synthetic_images(resolution, 4))
+    with torch.no_grad():
+        probs, emb = DeployModule(model, resolution)(x)
+        ref = model(x).softmax(1)
+        ref_emb = model.forward_head(model.forward_features(x), pre_logits=True)
+        probs_nhwc, _ = DeployModule(model, resolution, channels_last=True)(x.permute(0, 2, 3, 1))
+    assert (probs - ref).abs().max() < 1e-6
+    assert (emb - ref_emb).abs().max() < 1e-4 * ref_emb.abs().max()
+    assert (probs_nhwc - ref).abs().max() < 1e-6
+
+
+def test_deploy_module_pads_only_where_tf_same_is_asymmetric():
+    deploy = DeployModule(random_model(resolution=96), 96)
+    pads = [name for name, block in deploy.features.named_children() if isinstance(block[0], torch.nn.ZeroPad2d)]
+    # stride 2 on an even input: TF pads nothing top/left and one pixel bottom/right
+    assert pads == ["Conv2d_0", "Conv2d_2_depthwise", "Conv2d_4_depthwise", "Conv2d_6_depthwise", "Conv2d_12_depthwise"]
+    assert deploy.features.Conv2d_0[0].padding == (0, 1, 0, 1)
+
+
+def test_onnx_float_parity_metadata_and_clean_graph(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the [onnx] extra")
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    from mobilenets.runtime import load_predictor
+
+    model = random_model()
+    out = tmp_path / "m.onnx"
+    result = export_model(model, "onnx", out)
+    assert result.parity.max_abs_prob_diff < 1e-5 and result.parity.top1_agreement == 1.0
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("Conv") == 28 and "Pad" not in ops  # the TF 'SAME' pads live in the convs' pads
+    info = read_artifact_info(out)
+    assert (info.format, info.resolution, info.num_classes, info.layout, info.int8) == ("onnx", 96, 10, "NCHW", False)
+    assert info.labels[3] == "class3" and info.name == model.name
+    pred = load_predictor(weights=out, backend="onnxruntime")
+    x = synthetic_images(96, 3, seed=1)
+    with torch.no_grad():
+        emb = model.forward_head(model.forward_features(torch.from_numpy(x)), pre_logits=True).numpy()
+    assert np.abs(pred.embed(x) - emb).max() < 1e-4 * np.abs(emb).max()
+    assert pred.label(3) == "class3" and pred.resolution == 96
+
+
+def test_onnx_int8_is_per_channel_qdq(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the [onnx] extra")
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    from onnx import numpy_helper
+
+    model = random_model()
+    out = tmp_path / "q.onnx"
+    result = export_model(model, "onnx", out, calibration=synthetic_images(96, 16))
+    graph = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]  # fmt: skip
+    assert len(weight_scales) == 26  # 28 convs minus the two kept float (stem, first depthwise)
+    assert all(s.ndim == 1 and s.size > 1 for s in weight_scales)  # one scale per output channel
+    assert "Clip" in [n.op_type for n in graph.node]  # only after the float layers
+    info = read_artifact_info(out)
+    assert info.int8 and info.quantization["calibration_images"] == 16
+    assert result.parity.images == 16 and result.parity.source == "calibration images"
+
+
+def test_tflite_flatbuffer_rewrites():
+    pytest.importorskip("ai_edge_litert", reason="needs LiteRT ([tflite] extra)")
+    from mobilenets.export.litert import _Flatbuffer, add_metadata
+
+    path = shared_path("models", "mobilenet_v1_0.25_128_quant.tflite")
+    fb = _Flatbuffer(path.read_bytes())
+    add_metadata(fb, "mobilenets", b'{"x": 1}')
+    again = _Flatbuffer(fb.serialize())
+    names = [m.name for m in again.model.metadata]
+    assert b"mobilenets" in names
+    assert [again.op_name(op) for op in again.sg.operators] == [fb.op_name(op) for op in fb.sg.operators]
+
+
+@pytest.mark.slow
+def test_tflite_float_official_parity(tmp_path):
+    pytest.importorskip("litert_torch", reason="TFLite export needs the [litert] extra")
+    from mobilenets.quantize import image_files, load_batch
+    from mobilenets.weights import build_model, read_weights
+    from mobilenets.weights.tflite import _Graph
+
+    google = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
+    model = build_model(read_weights(google))
+    files = image_files(shared_path("imagenet_samples_100"), size=16)
+    images = load_batch(files, mobilenets.EvalTransform(224))
+    out = tmp_path / "f.tflite"
+    result = export_model(model, "tflite", out, parity_images=images)
+    assert result.parity.max_abs_prob_diff <= 1e-4 and result.parity.top1_agreement == 1.0
+    ours, theirs = _Graph(out).ops, _Graph(google).ops
+    # op for op Google's graph (pool as MEAN, squeeze as RESHAPE): no PAD, no TRANSPOSE
+    assert [o for o in ours if "CONV" in o] == [o for o in theirs if "CONV" in o]
+    assert "PAD" not in ours and "TRANSPOSE" not in ours
+    assert read_artifact_info(out).labels[0].lower() == "background"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("input_type", ["int8", "uint8"])
+def test_tflite_int8_official_weights(tmp_path, input_type):
+    pytest.importorskip("litert_torch", reason="TFLite export needs the [litert] extra")
+    from mobilenets.quantize import calibration_images, image_files, load_batch
+    from mobilenets.weights import build_model, read_weights
+    from mobilenets.weights.tflite import _Graph
+
+    model = build_model(read_weights(shared_path("models", "mobilenet_v1_0.75_192_quant.tflite")))
+    calib = calibration_images(shared_path("hymenoptera", "train"), 192, size=32)
+    images = load_batch(image_files(shared_path("imagenet_samples_100"), size=20), mobilenets.EvalTransform(192))
+    out = tmp_path / "q.tflite"
+    result = export_model(model, "tflite", out, calibration=calib, input_dtype=input_type, parity_images=images)
+    assert result.parity.top1_agreement >= 0.8
+    ops = _Graph(out).ops
+    assert "PAD" not in ops and "TRANSPOSE" not in ops and ops.count("DEPTHWISE_CONV_2D") == 13
+    assert ops[0] == ("QUANTIZE" if input_type == "uint8" else "CONV_2D")
+    info = read_artifact_info(out)
+    assert info.int8 and info.input_dtype == input_type and info.layout == "NHWC"
+    scale, zero = info.input_quantization
+    assert abs(scale - 2 / 255) < 1e-6 and (zero >= 0 if input_type == "uint8" else zero < 0)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def one_line_error(capsys, argv: list[str], needle: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    from mobilenets.weights import save_weights
+
+    path = tmp_path / "w.safetensors"
+    save_weights(random_model(), path)
+    return path
+
+
+def test_export_without_extra_names_it(capsys, monkeypatch, weights_file, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # import fails as if not installed
+    one_line_error(capsys, ["export", "--weights", str(weights_file), "--format", "tflite", "-o", str(tmp_path / "x")],
+                   "pip install 'mobilenets[litert]'")  # fmt: skip
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    one_line_error(capsys, ["export", "--weights", str(weights_file), "--format", "onnx", "-o", str(tmp_path / "x")],
+                   "pip install 'mobilenets[onnx]'")  # fmt: skip
+
+
+def test_export_bad_calibration_folders(capsys, weights_file, tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("not an image")
+    base = ["export", "--weights", str(weights_file), "--format", "onnx", "--int8", "-o", str(tmp_path / "q.onnx")]
+    one_line_error(capsys, base + ["--calibration", str(empty)], "no images to calibrate on")
+    one_line_error(capsys, base + ["--calibration", str(texts)], "no images to calibrate on")
+    one_line_error(capsys, base + ["--calibration", str(tmp_path / "missing")], "no such folder (of images to calibrate on)")
+    one_line_error(capsys, base, "--int8 needs --calibration")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    one_line_error(capsys, base + ["--calibration", str(bad)], "could be read")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_export_cli_int8_onnx(capsys, weights_file, tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (60, 50, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    out = tmp_path / "q.onnx"
+    argv = ["export", "--weights", str(weights_file), "--format", "onnx", "--int8", "--calibration", str(calib),
+            "-o", str(out), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["int8"] and report["parity"]["images"] == 6 and 0 <= report["parity"]["top1_agreement"] <= 1
+    assert out.exists()
+
+
+def test_export_refuses_a_headless_model(tmp_path):
+    model = mobilenets.mobilenet_v1(alpha=0.25, resolution=64, num_classes=0)
+    with pytest.raises(MobilenetsError, match="classifier"):
+        DeployModule(model, 64)

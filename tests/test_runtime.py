@@ -1,0 +1,141 @@
+"""The Predictor over torch / onnxruntime / litert / openvino / auto: same outputs, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mobilenets.errors import MobilenetsError
+from mobilenets.export import export_model, synthetic_images
+from mobilenets.export.metadata import ArtifactError, ArtifactInfo
+from mobilenets.runtime import ArtifactPredictor, load_predictor
+
+from .conftest import shared_path
+from .test_export import random_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small float model: its safetensors weights and its .onnx export."""
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    from mobilenets.weights import save_weights
+
+    root = tmp_path_factory.mktemp("rt")
+    model = random_model()
+    save_weights(model, root / "w.safetensors", labels=model.pretrained_cfg["labels"])
+    export_model(model, "onnx", root / "m.onnx")
+    return root
+
+
+def test_backends_agree(exported):
+    x = synthetic_images(96, 4, seed=3)
+    torch_pred = load_predictor(weights=exported / "w.safetensors", backend="torch")
+    ort_pred = load_predictor(weights=exported / "m.onnx", backend="onnxruntime", threads=1)
+    assert np.abs(torch_pred.probabilities(x) - ort_pred.probabilities(x)).max() < 1e-5
+    emb = torch_pred.embed(x)
+    assert np.abs(ort_pred.embed(x) - emb).max() < 1e-4 * np.abs(emb).max()
+    assert (ort_pred.resolution, ort_pred.num_classes, ort_pred.label(2)) == (96, 10, "class2")
+    with pytest.raises(MobilenetsError, match="takes N x 3 x 96 x 96"):
+        ort_pred.probabilities(x[:, :, :64, :64])
+
+
+def test_openvino_runs_the_onnx_artifact(exported):
+    pytest.importorskip("openvino", reason="openvino is optional")
+    x = synthetic_images(96, 2, seed=4)
+    ov = load_predictor(weights=exported / "m.onnx", backend="openvino", threads=1)
+    ref = load_predictor(weights=exported / "m.onnx", backend="onnxruntime", threads=1)
+    assert np.abs(ov.probabilities(x) - ref.probabilities(x)).max() < 1e-4
+
+
+@pytest.mark.parametrize(("artifact", "backend", "needle"), [
+    ("m.onnx", "litert", "the litert backend runs .tflite files and m.onnx is a .onnx model"),
+    ("m.onnx", "torch", "is an ONNX model"),
+    ("w.safetensors", "onnxruntime", "is not an exported .onnx model"),
+    ("w.safetensors", "litert", "is not an exported .tflite model"),
+])  # fmt: skip
+def test_wrong_backend(exported, artifact, backend, needle):
+    pytest.importorskip("ai_edge_litert", reason="needs LiteRT")
+    with pytest.raises(MobilenetsError, match=needle):
+        load_predictor(weights=exported / artifact, backend=backend)
+
+
+def test_tflite_to_onnxruntime_is_refused():
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    google = shared_path("models", "mobilenet_v1_0.25_128_quant.tflite")
+    with pytest.raises(MobilenetsError, match="use --backend litert"):
+        load_predictor(weights=google, backend="onnxruntime")
+
+
+def test_corrupt_artifacts(exported, tmp_path):
+    pytest.importorskip("ai_edge_litert", reason="needs LiteRT")
+    data = (exported / "m.onnx").read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ArtifactError, match="corrupt or truncated .onnx"):
+        load_predictor(weights=cut, backend="onnxruntime")
+    google = shared_path("models", "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
+    bad = tmp_path / "cut.tflite"
+    bad.write_bytes(google[:5000])
+    with pytest.raises(MobilenetsError, match="cut.tflite"):
+        load_predictor(weights=bad, backend="litert")
+
+
+def test_google_quant_tflite_on_litert():
+    """The README's reference: 0.25_224_quant on burger.jpg, whole image, is a cheeseburger at about 0.96."""
+    pytest.importorskip("ai_edge_litert", reason="needs LiteRT")
+    pred = load_predictor(weights=shared_path("models", "mobilenet_v1_0.25_224_quant.tflite"), backend="litert",
+                          crop_fraction=1.0, threads=1)  # fmt: skip
+    assert pred.info["input_dtype"] == "uint8" and pred.has_background
+    probs = pred.probabilities(pred.transform(shared_path("images", "burger.jpg")).numpy()[None])
+    assert pred.label(int(probs.argmax())) == "cheeseburger"
+    assert abs(probs.max() - 0.96) < 0.03
+    with pytest.raises(MobilenetsError, match="no embedding output"):
+        pred.embed(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_embedding_extractor_tflite():
+    pytest.importorskip("ai_edge_litert", reason="needs LiteRT")
+    pred = load_predictor(weights=shared_path("models", "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"),
+                          backend="litert", threads=1)  # fmt: skip
+    assert pred.embed(np.zeros((1, 3, 224, 224), np.float32)).shape == (1, 1024)
+    with pytest.raises(MobilenetsError, match="no classifier output"):
+        pred.probabilities(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_integer_input_is_quantized_with_the_artifacts_scale(tmp_path):
+    info = ArtifactInfo(name="x", format="tflite", resolution=2, num_classes=1, num_features=1, layout="NHWC",
+                        input_dtype="uint8", input_quantization=(1 / 128, 128))  # fmt: skip
+    pred = ArtifactPredictor("litert", tmp_path / "x.tflite", info)
+    x = np.array([-1.0, -0.5, 0.0, 0.999, 1.0, 0.25, 0.3, -0.3, 0.1, 0.2, 0.3, 0.4], np.float32).reshape(1, 3, 2, 2)
+    q = pred.prepare(x)
+    assert q.dtype == np.uint8 and q.shape == (1, 2, 2, 3)
+    assert q[0, 0, 0].tolist() == [0, 255, 141]  # -1 -> 0; 1 * 128 + 128 clips to 255; 0.1 -> 12.8 -> 13 + 128
+    assert q[0, 0, 1, 0] == 64 and q[0, 1, 1, 0] == 255
+
+
+def test_auto_on_an_artifact_picks_and_remembers(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path / "cache"))
+    pred = load_predictor(weights=exported / "m.onnx", backend="auto", threads=1)
+    assert pred.backend in ("onnxruntime", "openvino")
+    record = json.loads((tmp_path / "cache" / "auto.json").read_text())
+    (choice,) = record.values()
+    assert choice["backend"] == pred.backend and set(choice["ms"]) >= {"onnxruntime"}
+    again = load_predictor(weights=exported / "m.onnx", backend="auto", threads=1)
+    assert again.backend == pred.backend and "auto" not in again.info  # from the cache, not re-timed
+
+
+@pytest.mark.slow
+def test_auto_on_pytorch_weights_exports_and_picks(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path / "cache"))
+    pred = load_predictor(weights=exported / "w.safetensors", backend="auto", threads=1)
+    timed = pred.info["auto"]
+    assert "torch" in timed and "onnxruntime" in timed
+    assert timed[pred.backend] == min(timed.values())
+    assert sorted(p.suffix for p in (tmp_path / "cache" / "exports").iterdir()) >= [".onnx"]
+
+
+def test_unknown_backend():
+    with pytest.raises(MobilenetsError, match="unknown backend 'tensorrt'"):
+        load_predictor(model="mobilenet_v1_0.25_128", weights="x", backend="tensorrt")
