@@ -16,21 +16,22 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mobilenets.data.transforms import EvalTransform
 from mobilenets.models.registry import mobilenet_v1
 from mobilenets.train.distributed import convert_sync_batchnorm
-from mobilenets.weights import read_weights, save_weights
+from mobilenets.weights import read_weights
 
+from .conftest import shared_path
 from .test_train import make_image_folders
 
 pytestmark = pytest.mark.slow
+# one thread everywhere: a float sum's order (and so the last bits) depends on the thread count
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def mobilenets(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, *launcher, "-m", "mobilenets", *args], capture_output=True, text=True,
-                          timeout=600, env=env, check=False)  # fmt: skip
+                          timeout=600, env=ENV, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -41,42 +42,39 @@ def step_losses(run: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> tuple[Path, Path]:
-    """32 train images and a random-init 0.25 model whose BN statistics are calibrated on them (a stand-in
-    for pretrained weights, so fine-tuning with frozen BN is well conditioned)."""
-    root = tmp_path_factory.mktemp("ddp")
-    data = make_image_folders(root / "data", per_class=16)
-    torch.manual_seed(0)
-    model = mobilenet_v1(alpha=0.25, resolution=64, num_classes=10)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the calibration batches
-    t = EvalTransform(64)
-    images = torch.stack([t(p) for p in sorted((data / "train").rglob("*.png"))])
-    with torch.no_grad():
-        model.train()
-        for batch in images.split(8):
-            model(batch)
-    return data, save_weights(model, root / "calibrated.safetensors", labels=[str(i) for i in range(10)])
+def data(tmp_path_factory) -> Path:
+    """train/{ants,bees} with 16 images each (4 steps of batch 8 per epoch), val/ with 8 each."""
+    return make_image_folders(tmp_path_factory.mktemp("ddp") / "data", per_class=16)
 
 
-@pytest.mark.skip(reason="fails at this stop (loss stays at ln 2 under the finetune preset): issue 5 is open, fix before relying on DDP/resume")
-def test_ddp_two_processes_match_one_process(pretrained, tmp_path):
-    """2 x batch 4 == 1 x batch 8 for 20 steps, BN frozen (the fine-tune preset), dropout off."""
-    data, weights = pretrained
-    common = ["finetune", "--data", str(data), "--weights", str(weights), "--epochs", "5", "--batch-size", "8",
-              "--workers", "0", "--log-every", "1", "--set", "dropout=0", "--json"]  # fmt: skip
+def test_ddp_two_processes_match_one_process(data, tmp_path):
+    """2 x batch 4 == 1 x batch 8 for 20 steps: Google's 0.25_128 weights, whole network trained, BN frozen.
+
+    Frozen BN (the fine-tune preset's mode) makes the comparison exact: a BN layer in train mode
+    normalises each process's 4 images, not the 8 of the single process. With a random-init
+    network instead of real weights the comparison does not hold: float rounding differences
+    (the order of the gradient all-reduce) flip ReLU6 kinks and the chaotic first steps amplify
+    them to 1e-1 within 5 steps (measured), whatever the DDP code does. fp32 (``--amp off``):
+    where ``auto`` picks bf16 (CPUs with native bf16), its rounding depends on the batch split.
+    """
+    weights = shared_path("models", "mobilenet_v1_0.25_128_quant.tflite")
+    common = ["finetune", "--data", str(data), "--weights", str(weights), "--no-freeze-backbone", "--epochs", "5",
+              "--batch-size", "8", "--workers", "0", "--log-every", "1", "--set", "dropout=0", "--amp", "off",
+              "--json"]  # fmt: skip
     mobilenets(*common, "--output", str(tmp_path / "one"))
     mobilenets(*common, "--output", str(tmp_path / "two"), nproc=2)
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert len(one) == len(two) == 20
-    assert one[-1] < one[0]  # it learns
+    assert sum(one[-4:]) < sum(one[:4]) - 0.2  # it learns (loss 0.41 -> 0.32 when measured)
     diff = max(abs(a - b) for a, b in zip(one, two))
     print(f"DDP 2x4 vs 1x8, 20 steps, frozen BN: max |loss diff| = {diff:.3g}")
     assert diff < 1e-4
     wa = read_weights(tmp_path / "one" / "last.safetensors").state_dict
     wb = read_weights(tmp_path / "two" / "last.safetensors").state_dict
     assert set(wa) == set(wb) and max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    moved = read_weights(weights).state_dict
+    key = "features.Conv2d_0.conv.weight"  # the backbone trained too (not only the head)
+    assert float((wa[key] - moved[key]).abs().max()) > 1e-6
 
 
 def _syncbn_worker(rank: int, port: int, out: str) -> None:
@@ -123,11 +121,10 @@ def test_sync_batchnorm_matches_one_process(tmp_path):
         assert float((got["grads"][name] - p.grad).abs().max()) <= 1e-3 * scale + 1e-7, name
 
 
-def test_sync_bn_cli_run(pretrained, tmp_path):
+def test_sync_bn_cli_run(data, tmp_path):
     """torchrun + --sync-bn end to end: the first step's loss is the single process's, checkpoint loads."""
-    data, _ = pretrained
     common = ["train", "--data", str(data), "--model", "mobilenet_v1_0.25_64", "--epochs", "1", "--batch-size", "8",
-              "--workers", "0", "--log-every", "1", "--set", "dropout=0"]  # fmt: skip
+              "--workers", "0", "--log-every", "1", "--set", "dropout=0", "--amp", "off"]  # fmt: skip
     mobilenets(*common, "--output", str(tmp_path / "one"))
     mobilenets(*common, "--sync-bn", "--output", str(tmp_path / "two"), nproc=2)
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
@@ -136,15 +133,13 @@ def test_sync_bn_cli_run(pretrained, tmp_path):
     assert w.labels == ["ants", "bees"] and not any(k.startswith("module.") for k in w.state_dict)
 
 
-@pytest.mark.skip(reason="failed at this stop, not yet diagnosed: issue 5 is open, fix before relying on resume")
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(pretrained, tmp_path):
-    data, _ = pretrained
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
     args = ["train", "--data", str(data), "--model", "mobilenet_v1_0.25_64", "--epochs", "3", "--batch-size", "4",
             "--workers", "2", "--checkpoint-every", "3", "--set", "dropout=0.1"]  # fmt: skip
     mobilenets(*args, "--output", str(tmp_path / "reference"))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mobilenets", *args, "--output", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenets", *args, "--output", str(killed)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (killed / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
