@@ -260,3 +260,11 @@ def test_recipes_command(capsys):
     assert set(recipes) == {"slim", "modern", "finetune"} and recipes["slim"]["eps"] == 1.0
     rc, out, _ = run_cli(capsys, "recipes", "slim")
     assert rc == 0 and "rmsprop_tf" in out and "0.94" in out
+
+
+def test_short_run_warns_about_slow_bn_statistics(data, tmp_path, capsys):
+    args = ("train", "--data", str(data), "--model", MODEL, "--batch-size", "4", "--workers", "0")
+    rc, _, err = run_cli(capsys, *args, "--epochs", "1", "--output", str(tmp_path / "slim"))
+    assert rc == 0 and "warning: BN decay 0.9997 over 4 steps keeps 100%" in err and "bn_decay=0.47 " in err
+    rc, _, err = run_cli(capsys, *args, "--epochs", "8", "--recipe", "modern", "--output", str(tmp_path / "modern"))
+    assert rc == 0 and "BN decay" not in err  # 0.9 ** 32 steps < 5%

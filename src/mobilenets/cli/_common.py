@@ -18,14 +18,23 @@ def positive_float(text: str) -> float:
     return value
 
 
-def resolution_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be >= 32, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its own errors
+    return parse
+
+
+resolution_int = int_at_least(32)
 
 
 def print_json(obj: Any) -> None:

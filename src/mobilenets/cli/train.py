@@ -12,29 +12,12 @@ import time
 from typing import Any
 
 from ..errors import ConfigError, MobilenetsError
-from ._common import format_table, print_json, resolution_int
+from ._common import format_table, int_at_least, print_json, resolution_int
 
 _BOOLEAN_FLAGS = ("compile", "channels_last", "sync_bn", "progress")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int, _nonnegative_int = int_at_least(1), int_at_least(0)
 
 
 def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
@@ -52,7 +35,7 @@ def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=_nonnegative_int, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="autocast (auto: bf16 on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="autocast (auto: bf16 on CUDA and on CPUs with native bf16, else off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default on)")  # fmt: skip

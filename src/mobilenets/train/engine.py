@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import pickle
 import sys
 import time
@@ -62,7 +63,7 @@ class RunError(MobilenetsError):
 
 @dataclass
 class TrainConfig:
-    """A training run: data, model, recipe and the execution settings (which do not change the maths)."""
+    """A training run: data, model, recipe, seed, then execution settings (device, AMP, workers, logging)."""
 
     data: str  # folder with train/ and val/ class folders
     output: str  # run directory
@@ -247,16 +248,23 @@ def make_schedule(recipe: Recipe, steps_per_epoch: int, num_train: int, global_b
     )
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 (fp16 without bf16 support) on CUDA and off on CPU.
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16 kernels win."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
-    On CPUs without native bf16 (e.g. this project's AVX2 machines) bf16 autocast made
-    training ~6x slower (benchmarks/train_throughput.json), so auto leaves CPU in fp32.
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype. ``auto``: bf16 on CUDA (fp16 without bf16 support) and on CPUs with native bf16.
+
+    Measured for 1.0_224 at batch 32 (benchmarks/train_throughput.json): on an AVX512-BF16
+    CPU bf16 autocast trains faster than fp32; on an AVX2 CPU it was ~12x slower, so
+    there auto stays fp32.
     """
     if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and native_cpu_bf16() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
@@ -278,6 +286,30 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     return loss.detach(), logits.detach()
 
 
+def keep_freed_memory() -> bool:
+    """glibc only: serve big tensors from the heap and keep freed memory for reuse (process-wide).
+
+    By default glibc maps big blocks (always those over 32 MB) fresh from the kernel and
+    unmaps them on free, so each training step page-faults its activations in again: a
+    quarter of a CPU step for 1.0_224 at batch 32 (benchmarks/train_throughput.json).
+    jemalloc or tcmalloc avoid this for PyTorch CPU training; ``mallopt`` does it with
+    glibc. The cost: freed memory returns to the OS only when the process ends. False
+    where it does not apply.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of the model's own randomness (dropout) at one step on one rank."""
     return ((seed * 1_000_003 + step) * 1_009 + rank) & 0x7FFF_FFFF_FFFF_FFFF
@@ -285,8 +317,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo, skipped: SkipCorrupt,
-             channels_last: bool = False, amp_dtype: torch.dtype | None = None) -> dict[str, float]:  # fmt: skip
-    """Mean cross-entropy and top-1 over the loader (sharded over ranks, summed), in eval mode."""
+             channels_last: bool = False) -> dict[str, float]:  # fmt: skip
+    """Mean cross-entropy and top-1 over the loader (sharded over ranks, summed), in eval mode, fp32."""
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
@@ -297,8 +329,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, info: D
         if x is None:
             continue
         x, y = x.to(device, memory_format=fmt), y.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
-            logits = model(x).float()
+        logits = model(x).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(1) == y).sum())
         count += len(y)
@@ -401,6 +432,8 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict[str, Any] | None =
     options passed explicitly when resuming (checked against the saved run).
     """
     info = init_distributed(cfg.device)
+    if info.device.type == "cpu":
+        keep_freed_memory()
     try:
         return _Trainer(cfg, info, resume, given or {}, log or _stderr).run()
     finally:
@@ -553,6 +586,7 @@ class _Trainer:
                  f"batch {r.batch_size} ({info.world_size} process{'es' if info.enabled else ''}), lr {self.lr:g}, "
                  f"{self.device.type}{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}"
                  + (f"; from epoch {self.epoch + 1} step {self.start_batch}" if self.state else ""))  # fmt: skip
+        self._warn_slow_bn()
         train_loader = self._loader()
         val_loader = eval_loader(self.val_data, cfg.resolution, cfg.workers, info)
         last_val: dict[str, float] | None = None
@@ -575,6 +609,22 @@ class _Trainer:
             "weights": str(self.out / "last.safetensors"),
             "skipped_images": self.skipped.count,
         }
+
+    def _warn_slow_bn(self) -> None:
+        """Warn when BN's moving statistics cannot follow the weights within the whole run.
+
+        They are what eval mode (val, classify, export) uses; with slim's decay 0.9997 a short
+        run leaves them near their init and eval-mode predictions collapse to one class.
+        """
+        r = self.cfg.recipe
+        if r.bn_mode == "frozen" or r.freeze_backbone:
+            return
+        steps = r.epochs * self.steps_per_epoch
+        if r.bn_decay**steps > 0.05:
+            fits = min(0.9, math.floor(100 * 0.05 ** (1 / steps)) / 100)  # keeps <= 5% of the init
+            self.log(f"warning: BN decay {r.bn_decay:g} over {steps} steps keeps {100 * r.bn_decay**steps:.0f}% of "
+                     f"the initial BN statistics that eval mode uses; pass --set bn_decay={fits:g} (or lower) "
+                     "for a run this short")  # fmt: skip
 
     def _tensorboard(self):
         if not self.info.is_main:
@@ -649,7 +699,9 @@ class _Trainer:
         loss_sum, correct, seen, skipped = all_reduce_sum([stats.loss_sum, stats.correct, stats.seen, stats.skipped],
                                                           self.info)  # fmt: skip
         deploy = self.ema.module if self.ema is not None else self.model
-        val = evaluate(deploy, val_loader, self.device, self.info, self.skipped, cfg.channels_last, self.amp_dtype)
+        # fp32 even when training under autocast: the same numbers as `mobilenets evaluate` gives for the
+        # saved weights, and the same best.safetensors whichever precision trained them
+        val = evaluate(deploy, val_loader, self.device, self.info, self.skipped, cfg.channels_last)
         row = {
             "epoch": self.epoch + 1, "step": self.step, "lr": self.last_lr,
             "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
