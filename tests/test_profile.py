@@ -16,7 +16,7 @@ NAMES = list_models()
 def analytic(alpha: float, res: int, classes: int = 1001) -> tuple[int, int, int]:
     """(MACs, params, params_table) from the paper's formulas, written independently of the module."""
     defs = [(2, 32)] + list(zip([1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1], [64, 128, 128, 256, 256] + [512] * 6 + [1024] * 2))
-    d = lambda c: max(int(c * alpha), 8)  # noqa: E731
+    d = lambda c: max(int(c * alpha), 8)
     size = math.ceil(res / 2)
     c_in = d(32)
     macs = size * size * 3 * 9 * c_in

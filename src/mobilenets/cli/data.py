@@ -30,8 +30,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     cls = EvalTransform if args.method == "tf" else PillowEvalTransform
     transform = cls(args.resolution, args.crop)
     batch = np.stack([transform(path).numpy() for path in args.images])
-    with atomic_write(args.output) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, batch)
+    with atomic_write(args.output) as tmp, open(tmp, "wb") as f:
+        np.save(f, batch)
     print(f"wrote {args.output}: {batch.shape[0]} x 3 x {args.resolution} x {args.resolution} float32")
     return 0

@@ -21,7 +21,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    ".ckpt, .h5, .tgz, or an exported artifact")  # fmt: skip
     g.add_argument("--backend", default="torch", help="torch (default), onnxruntime, litert, openvino or auto")
     g.add_argument("--resolution", type=resolution_int, help="input size (default: the model's)")
-    g.add_argument("--crop", type=float, default=0.875, help="central crop fraction before resizing (1.0 = whole image)")
+    g.add_argument(
+        "--crop", type=float, default=0.875, help="central crop fraction before resizing (1.0 = whole image)"
+    )
     g.add_argument("--threads", type=int, help="CPU threads for inference")
 
 
@@ -107,7 +109,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print_json(res.as_dict())
     else:
         skipped = f", {res.skipped} unreadable skipped" if res.skipped else ""
-        print(f"{predictor.name} ({predictor.backend}) on {args.data}: top-1 {res.top1:.4f}  top-5 {res.top5:.4f}  "
+        top5 = f"  top-5 {res.top5:.4f}" if predictor.num_classes > 5 else ""  # always 1.0 with <= 5 classes
+        print(f"{predictor.name} ({predictor.backend}) on {args.data}: top-1 {res.top1:.4f}{top5}  "
               f"n={res.n}{skipped}  {res.images_per_s:.1f} images/s")  # fmt: skip
     return 0
 
@@ -121,10 +124,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         load_image(p)
     predictor = predictor_from_args(args)
     emb = embed_images(predictor, paths, l2=args.l2)
-    with atomic_write(args.output) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, emb)
-    print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32 ({predictor.name}, {'L2-normalised' if args.l2 else 'raw'})")
+    with atomic_write(args.output) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
+    print(
+        f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32 ({predictor.name}, {'L2-normalised' if args.l2 else 'raw'})"
+    )
     return 0
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -83,7 +83,10 @@ def open_dataset(root: str | os.PathLike, labels_file: str | os.PathLike | None 
             if classes is not None:
                 extra = sorted(set(order) - set(classes))
                 if extra:
-                    raise MobilenetsError(f"{root}: class folders {extra[:3]} are not among the model's classes {classes[:5]}")
+                    hint = f"; pass {root}/val" if {"train", "val"} <= set(order) else ""
+                    raise MobilenetsError(
+                        f"{root}: class folders {extra[:3]} are not among the model's classes {classes[:5]}{hint}"
+                    )
                 order = list(classes)
             index = {c: i for i, c in enumerate(order)}
             empty = [f.name for f in folders if not _images_in(f)]
@@ -96,14 +99,18 @@ def open_dataset(root: str | os.PathLike, labels_file: str | os.PathLike | None 
         tagged = [(p, _WNID_PREFIX.match(p.name)) for p in files]
         samples = [(p, wnid_index[m.group(1)]) for p, m in tagged if m and m.group(1) in wnid_index]
         if files and not samples:
-            raise MobilenetsError(f"{root}: {len(files)} images but no labels (name files WNID_*.JPEG, use class folders, or pass --labels)")
+            raise MobilenetsError(
+                f"{root}: {len(files)} images but no labels (name files WNID_*.JPEG, use class folders, or pass --labels)"
+            )
         ds = LabelledImages(samples, list(names), True, root, "wnid-files")
     if not ds.samples:
         raise MobilenetsError(f"{root}: no images found (extensions: .jpg .jpeg .png .bmp .gif .webp .tif)")
     return ds
 
 
-def _from_labels_file(root: Path, labels_file: Path, wnid_index: dict[str, int], names: tuple[str, ...]) -> LabelledImages:
+def _from_labels_file(
+    root: Path, labels_file: Path, wnid_index: dict[str, int], names: tuple[str, ...]
+) -> LabelledImages:
     if not labels_file.is_file():
         raise MobilenetsError(f"{labels_file}: no such labels file")
     name_index = {n: i for i, n in enumerate(names)}
@@ -122,7 +129,9 @@ def _from_labels_file(root: Path, labels_file: Path, wnid_index: dict[str, int],
         elif label.isdigit() and int(label) < len(names):
             idx = int(label)
         else:
-            raise MobilenetsError(f"{labels_file}:{lineno}: unknown label {label!r} (use a wnid, a class name or 0-999)")
+            raise MobilenetsError(
+                f"{labels_file}:{lineno}: unknown label {label!r} (use a wnid, a class name or 0-999)"
+            )
         samples.append((root / rel, idx))
     if not samples:
         raise MobilenetsError(f"{labels_file}: no labelled lines")

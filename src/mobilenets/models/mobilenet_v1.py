@@ -12,7 +12,8 @@ names follow the TF-Slim scopes one to one (``features.Conv2d_3_pointwise.conv.w
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import nn

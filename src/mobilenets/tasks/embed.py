@@ -93,9 +93,8 @@ def gallery_embeddings(predictor: Predictor, gallery: str | os.PathLike, progres
     emb_arr = np.stack([fresh[row[i]] if i in row else known[key] for i, key in enumerate(zip(rel, stamps))])
     emb_arr = emb_arr.astype(np.float32)
     if todo or len(known) != len(paths):
-        with atomic_write(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, paths=np.array(rel), stamps=np.array(stamps), embeddings=emb_arr)
+        with atomic_write(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, paths=np.array(rel), stamps=np.array(stamps), embeddings=emb_arr)
     return paths, emb_arr
 
 

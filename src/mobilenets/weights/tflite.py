@@ -61,7 +61,7 @@ class _Graph:
             self.ops = [self._op_name(self.sg.Operators(i)) for i in range(self.sg.OperatorsLength())]
         except WeightsError:
             raise
-        except Exception as e:  # flatbuffers raises struct/index errors on damaged files
+        except Exception as e:  # noqa: BLE001 (flatbuffers raises struct/index errors on damaged files)
             raise WeightsError(f"{path}: corrupt or truncated .tflite file ({type(e).__name__})") from None
         self.schema, self.data, self.path = schema, data, path
         self.np_types = _tensor_type_to_numpy(schema)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(wnids, names)`` of the 1000 ImageNet classes in sorted-wnid order (class index i)."""
     text = resources.files(__package__).joinpath("imagenet_classes.tsv").read_text()
