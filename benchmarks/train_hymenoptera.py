@@ -96,20 +96,24 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     for seed, r in result["finetune"]["runs"].items():
         ys = [result["finetune"]["head_only_top1"], *curve(r, "val_top1")]
         a.plot(range(len(ys)), [100 * y for y in ys], marker="o", label=f"seed {seed}")
     a.axhline(93, color="grey", ls="--", lw=1, label="93% target")
-    a.set(title="finetune 0.75_192 (Google's quant weights), preset", xlabel="epoch (0 = mapped head, no training)",
+    a.set(title="finetune 0.75_192 from Google's weights (preset)", xlabel="epoch (0 = mapped head, no training)",
           ylabel="val top-1 %", ylim=(85, 100))  # fmt: skip
     a.legend()
-    for recipe, r in result["scratch"]["runs"].items():
+    runs = result["scratch"]["runs"]
+    for name, r in runs.items():
         xs = range(1, len(r["epochs"]) + 1)
-        b.plot(xs, curve(r, "train_loss"), label=f"{recipe}: train loss")
-        b.plot(xs, [y for y in curve(r, "val_top1")], ls="--", label=f"{recipe}: val top-1")
-    b.set(title="from scratch 0.25_128", xlabel="epoch", ylabel="loss / top-1 (fraction)")
+        if "bn_decay" not in name:  # BN decay does not change the training loss (batch statistics in training)
+            b.plot(xs, curve(r, "train_loss"), label=name)
+        c.plot(xs, [100 * y for y in curve(r, "val_top1")], label=name)
+    b.set(title="from scratch 0.25_128: train loss", xlabel="epoch", ylabel="loss (modern: with label smoothing)")
     b.legend(fontsize=8)
+    c.set(title="from scratch 0.25_128: val top-1 (eval mode)", xlabel="epoch", ylabel="val top-1 %")
+    c.legend(fontsize=8)
     fig.tight_layout()
     from mobilenets.utils import atomic_write
 
