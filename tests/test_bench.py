@@ -31,6 +31,16 @@ def test_pick_best_fit_and_neighbours():
         pick(ROWS, 5.0, backend="openvino")
 
 
+def test_pick_prefers_this_machines_rows():
+    from dataclasses import replace
+
+    from mobilenets.runtime import machine_id
+
+    here = [replace(r, machine=machine_id()) for r in ROWS[:2]]  # a (2 ms) and b (4 ms) measured here
+    assert pick(ROWS + here, 100).best.model == "b"  # d and c are other machines' rows
+    assert pick(ROWS, 100).best.model == "d"  # nothing from here: all rows
+
+
 def test_pareto_front():
     assert [r.model for r in pareto_front(ROWS)] == ["a", "e", "b", "c", "d"]
 

@@ -14,8 +14,8 @@ from mobilenets.data.augment import TrainTransform, adjust_saturation
 from mobilenets.data.datasets import LabelledImages
 from mobilenets.errors import ConfigError
 from mobilenets.models.registry import mobilenet_v1
-from mobilenets.train.distributed import DistInfo, ResumableSampler
 from mobilenets.train import engine
+from mobilenets.train.distributed import DistInfo, ResumableSampler
 from mobilenets.train.engine import TrainConfig, build_train_model, param_groups, resolve_amp, step_seed
 from mobilenets.train.optim import LRSchedule, ModelEma, RMSpropTF
 from mobilenets.train.recipes import RECIPES, get_recipe, parse_override

@@ -188,6 +188,9 @@ class Pick:
 def pick(rows: list[BenchRow], latency_ms: float, backend: str | None = None, int8: bool | None = None,
          threads: int | None = None) -> Pick:  # fmt: skip
     """The most accurate measured config with median latency <= ``latency_ms`` (each config at its fastest backend)."""
+    here = machine_id()
+    if any(r.machine == here for r in rows):  # a results file may hold other machines' rows too
+        rows = [r for r in rows if r.machine == here]
     keep = [r for r in rows if r.top1 is not None and (backend is None or r.backend == backend)
             and (int8 is None or r.int8 == int8) and (threads is None or r.threads == threads)]  # fmt: skip
     if not keep:
