@@ -49,9 +49,9 @@ def machine() -> dict:
     versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                 "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}  # fmt: skip
     try:
-        import openvino
+        from mobilenets.runtime import import_openvino
 
-        versions["openvino"] = openvino.__version__
+        versions["openvino"] = import_openvino().__version__
     except ImportError:
         pass
     flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0] if Path("/proc/cpuinfo").exists() else ""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +67,19 @@ def test_openvino_keeps_fp32_on_real_weights(tmp_path):
     ov = load_predictor(weights=tmp_path / "f025.onnx", backend="openvino", threads=1)
     ref = load_predictor(weights=src, backend="torch")
     assert np.abs(ov.probabilities(x) - ref.probabilities(x)).max() < 1e-4
+
+
+def test_openvino_without_telemetry(exported, tmp_path):
+    """`import openvino` alone sends a usage event and writes ~/intel/ (opt-out telemetry); ours does neither."""
+    pytest.importorskip("openvino", reason="openvino is optional")
+    code = ("from mobilenets.runtime import load_predictor; import sys; "
+            f"load_predictor(weights={str(exported / 'm.onnx')!r}, backend='openvino', threads=1); "
+            "assert sys.modules.get('openvino_telemetry') is None")  # fmt: skip
+    env = {**os.environ, "HOME": str(tmp_path), "CI": ""}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "intel").exists(), "OpenVINO telemetry wrote its files"
 
 
 @pytest.mark.parametrize(("artifact", "backend", "needle"), [

@@ -215,9 +215,24 @@ class OnnxRuntimePredictor(ArtifactPredictor):
         return dict(zip(names, self.session.run(names, {self.input_name: x})))
 
 
+def import_openvino():
+    """``import openvino`` without its telemetry.
+
+    With the ``openvino-telemetry`` package installed (openvino depends on it), the import
+    itself sends a usage event over the network from a forked process and writes
+    ``~/intel/``; it is on unless opted out. Hiding the package from this process makes
+    OpenVINO fall back to its own no-op stub. Only possible before openvino is first imported.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # None: `import openvino_telemetry` raises ImportError
+    import openvino
+
+    return openvino
+
+
 class OpenVINOPredictor(ArtifactPredictor):
     def __init__(self, path: Path, artifact, crop_fraction: float | None = None, threads: int | None = None) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         super().__init__("openvino", path, artifact, crop_fraction)
         # f32 asked for explicitly: on CPUs with native bf16 OpenVINO otherwise runs float models
