@@ -268,3 +268,17 @@ def test_short_run_warns_about_slow_bn_statistics(data, tmp_path, capsys):
     assert rc == 0 and "warning: BN decay 0.9997 over 4 steps keeps 100%" in err and "bn_decay=0.47 " in err
     rc, _, err = run_cli(capsys, *args, "--epochs", "8", "--recipe", "modern", "--output", str(tmp_path / "modern"))
     assert rc == 0 and "BN decay" not in err  # 0.9 ** 32 steps < 5%
+
+
+def test_tensorboard_log(data, tmp_path):
+    """With the [train] extra, a run writes TensorBoard events: per-step loss and lr, per-epoch metrics."""
+    pytest.importorskip("tensorboard", reason="needs the [train] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1))
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "epoch/val_top1", "epoch/train_loss"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
