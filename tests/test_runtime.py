@@ -13,10 +13,16 @@ import pytest
 from mobilenets.errors import MobilenetsError
 from mobilenets.export import export_model, synthetic_images
 from mobilenets.export.metadata import ArtifactError, ArtifactInfo
-from mobilenets.runtime import ArtifactPredictor, load_predictor
+from mobilenets.runtime import ArtifactPredictor, backend_available, load_predictor
 
 from .conftest import shared_path
 from .test_export import random_model
+
+
+def needs_openvino() -> None:
+    """Skip without OpenVINO; never `import openvino` here (that alone sends its telemetry)."""
+    if not backend_available("openvino"):
+        pytest.skip("openvino is optional")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def test_backends_agree(exported):
 
 
 def test_openvino_runs_the_onnx_artifact(exported):
-    pytest.importorskip("openvino", reason="openvino is optional")
+    needs_openvino()
     x = synthetic_images(96, 2, seed=4)
     ov = load_predictor(weights=exported / "m.onnx", backend="openvino", threads=1)
     ref = load_predictor(weights=exported / "m.onnx", backend="onnxruntime", threads=1)
@@ -55,7 +61,7 @@ def test_openvino_runs_the_onnx_artifact(exported):
 def test_openvino_keeps_fp32_on_real_weights(tmp_path):
     """OpenVINO runs float models in bf16 on CPUs that have it unless told f32: with Google's 0.25_224 weights
     on real photos that moved probabilities by up to 0.18 and flipped a top-1 (measured); asked f32, ~5e-6."""
-    pytest.importorskip("openvino", reason="openvino is optional")
+    needs_openvino()
     pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
     from mobilenets.data.transforms import EvalTransform
     from mobilenets.weights import build_model, read_weights
@@ -71,7 +77,7 @@ def test_openvino_keeps_fp32_on_real_weights(tmp_path):
 
 def test_openvino_without_telemetry(exported, tmp_path):
     """`import openvino` alone sends a usage event and writes ~/intel/ (opt-out telemetry); ours does neither."""
-    pytest.importorskip("openvino", reason="openvino is optional")
+    needs_openvino()
     code = ("from mobilenets.runtime import load_predictor; import sys; "
             f"load_predictor(weights={str(exported / 'm.onnx')!r}, backend='openvino', threads=1); "
             "assert sys.modules.get('openvino_telemetry') is None")  # fmt: skip
