@@ -54,9 +54,7 @@ def machine() -> dict:
         versions["openvino"] = import_openvino().__version__
     except ImportError:
         pass
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0] if Path("/proc/cpuinfo").exists() else ""
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags]
-    return {"cpu": machine_id(), "isa": isa, "python": platform.python_version(), "versions": versions,
+    return {"cpu": machine_id(), "python": platform.python_version(), "versions": versions,
             "loadavg_start": os.getloadavg()}  # fmt: skip
 
 
@@ -159,7 +157,7 @@ def main() -> int:
     result["machine"]["loadavg_end"] = os.getloadavg()
     with atomic_write(HERE / "deploy_speed.json") as out:
         out.write_text(json.dumps(result, indent=1))
-    head = (f"Machine: {result['machine']['cpu']} ({', '.join(result['machine']['isa'])}), load average at start "
+    head = (f"Machine: {result['machine']['cpu']}, load average at start "
             f"{result['machine']['loadavg_start'][0]:.1f}, at end {result['machine']['loadavg_end'][0]:.1f}; "
             f"batch 1; {args.rounds} interleaved rounds.")  # fmt: skip
     lines = [head, "", "| threads | ratio | vs | median of round ratios | ratio of medians | limit |", "|---|---|---|---:|---:|---:|"]

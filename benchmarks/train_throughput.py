@@ -81,19 +81,10 @@ def measure(model_name: str, variant: str, batch: int, steps: int) -> dict:
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from mobilenets.runtime import machine_id
     from mobilenets.train.engine import native_cpu_bf16
 
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0] if Path("/proc/cpuinfo").exists() else ""
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "native_bf16": native_cpu_bf16(),
+    return {"cpu": machine_id(), "cores": os.cpu_count(), "native_bf16": native_cpu_bf16(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "load_avg_at_start": round(os.getloadavg()[0], 2)}  # fmt: skip
 

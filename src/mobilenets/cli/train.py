@@ -35,7 +35,8 @@ def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=_nonnegative_int, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="autocast (auto: bf16 on CUDA and on CPUs with native bf16, else off)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                   help="autocast (auto: bf16 on CUDA and on CPUs with native bf16, else off)")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default on)")  # fmt: skip
