@@ -71,8 +71,11 @@ def head_only_top1() -> float:
     import torch
 
     from mobilenets.data.datasets import SkipCorrupt
+    from mobilenets.train.config import TrainConfig
+    from mobilenets.train.data import eval_loader, open_split
     from mobilenets.train.distributed import DistInfo
-    from mobilenets.train.engine import TrainConfig, build_train_model, eval_loader, evaluate, open_split
+    from mobilenets.train.evaluation import evaluate
+    from mobilenets.train.model import build_train_model
     from mobilenets.train.recipes import get_recipe
     from mobilenets.weights import read_weights
 

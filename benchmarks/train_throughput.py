@@ -49,8 +49,10 @@ def measure(model_name: str, variant: str, batch: int, steps: int) -> dict:
     import torch
     from torch import nn
 
-    from mobilenets.models.registry import create_model
-    from mobilenets.train.engine import keep_freed_memory, make_optimizer, train_step
+    from mobilenets.builder import create_model
+    from mobilenets.train.engine import train_step
+    from mobilenets.train.optim import make_optimizer
+    from mobilenets.train.platform import keep_freed_memory
     from mobilenets.train.recipes import get_recipe
 
     settings = VARIANTS[variant]
@@ -82,7 +84,7 @@ def machine() -> dict:
     import torch
 
     from mobilenets.runtime import machine_id
-    from mobilenets.train.engine import native_cpu_bf16
+    from mobilenets.train.platform import native_cpu_bf16
 
     return {"cpu": machine_id(), "cores": os.cpu_count(), "native_bf16": native_cpu_bf16(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),

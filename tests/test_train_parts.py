@@ -14,10 +14,14 @@ from mobilenets.data.augment import TrainTransform, adjust_saturation
 from mobilenets.data.datasets import LabelledImages
 from mobilenets.errors import ConfigError
 from mobilenets.models.registry import mobilenet_v1
-from mobilenets.train import engine
+from mobilenets.train import RunError, platform
+from mobilenets.train.checkpoint import merge_resume_config
+from mobilenets.train.config import TrainConfig, make_config
 from mobilenets.train.distributed import DistInfo, ResumableSampler
-from mobilenets.train.engine import TrainConfig, build_train_model, param_groups, resolve_amp, step_seed
-from mobilenets.train.optim import LRSchedule, ModelEma, RMSpropTF
+from mobilenets.train.engine import step_seed
+from mobilenets.train.model import build_train_model, set_train_mode
+from mobilenets.train.optim import LRSchedule, ModelEma, RMSpropTF, param_groups
+from mobilenets.train.platform import resolve_amp
 from mobilenets.train.recipes import RECIPES, get_recipe, parse_override
 
 # --- augmentation ----------------------------------------------------------------------------
@@ -215,8 +219,6 @@ def test_sampler_shards_like_one_process_and_resumes():
 
 
 def test_frozen_bn_keeps_statistics():
-    from mobilenets.train.engine import set_train_mode
-
     model = mobilenet_v1(alpha=0.25, resolution=64, num_classes=2)
     recipe = get_recipe("finetune")
     set_train_mode(model, recipe)
@@ -232,8 +234,40 @@ def test_frozen_bn_keeps_statistics():
 
 def test_auto_amp_is_bf16_only_where_the_cpu_has_it(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(platform, "native_cpu_bf16", lambda: True)
     assert resolve_amp("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)  # AVX2: bf16 measured 12x slower
+    monkeypatch.setattr(platform, "native_cpu_bf16", lambda: False)  # AVX2: bf16 measured 12x slower
     assert resolve_amp("auto", cpu) is None
     assert resolve_amp("bf16", cpu) == torch.bfloat16 and resolve_amp("off", cpu) is None
+
+
+def test_keep_freed_memory_calls_mallopt_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(platform, "_heap_reuse", None)
+    monkeypatch.setattr(platform, "_mallopt_keep", lambda: calls.append(1) or True)
+    assert not platform.heap_reuse_applied()
+    assert platform.keep_freed_memory() and platform.keep_freed_memory() and calls == [1]
+    assert platform.heap_reuse_applied()
+
+
+# --- configuration and resume rules ------------------------------------------------------------
+
+
+def test_make_config_sorts_settings_and_refuses_unknown_ones():
+    cfg = make_config("d", "o", 0.5, 160, recipe="finetune", epochs=3, workers=0, freeze_backbone=False, seed=7)
+    assert (cfg.recipe.name, cfg.recipe.epochs, cfg.recipe.freeze_backbone) == ("finetune", 3, False)
+    assert (cfg.workers, cfg.seed, cfg.model_name, cfg.weights) == (0, 7, "mobilenet_v1_0.5_160", None)
+    assert cfg.recipe == get_recipe("finetune").with_overrides(epochs=3, freeze_backbone=False)
+    with pytest.raises(ConfigError, match="unknown training setting.*epoch$|unknown training setting.*epoch;"):
+        make_config("d", "o", 0.5, 160, epoch=3)
+
+
+def test_merge_resume_config_allows_only_resumable_changes():
+    saved = make_config("d", "o", 0.25, 64, epochs=2, batch_size=4, workers=2)
+    cfg = merge_resume_config(saved, {"epochs": 5, "workers": 0, "data": "e", "batch_size": 4, "alpha": 0.25})
+    assert (cfg.recipe.epochs, cfg.workers, cfg.data, cfg.recipe.batch_size) == (5, 0, "e", 4)
+    assert cfg.recipe == saved.recipe.with_overrides(epochs=5) and saved.recipe.epochs == 2  # saved unchanged
+    with pytest.raises(RunError, match=r"^resume o: batch_size, seed differ from the run being resumed"):
+        merge_resume_config(saved, {"batch_size": 8, "seed": 1, "epochs": 3})
+    with pytest.raises(RunError, match="unknown setting.*output"):
+        merge_resume_config(saved, {"output": "elsewhere"})

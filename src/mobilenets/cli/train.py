@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
-from ..errors import ConfigError, MobilenetsError
+from ..errors import ConfigError
 from ._common import format_table, int_at_least, print_json, resolution_int
 
-_BOOLEAN_FLAGS = ("compile", "channels_last", "sync_bn", "progress")
+_BOOLEAN_FLAGS = ("compile", "channels_last", "sync_bn", "progress", "heap_reuse")
 
 
 _positive_int, _nonnegative_int = int_at_least(1), int_at_least(0)
@@ -47,6 +46,8 @@ def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
     )
     p.add_argument("--log-every", type=_positive_int, help="steps between loss log rows (default 10)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (on a TTY)")
+    p.add_argument("--heap-reuse", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU: glibc keeps freed memory for reuse, faster steps (default on)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON summary")
 
 
@@ -88,19 +89,17 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def _config(args: argparse.Namespace, default_recipe: str, alpha: float, resolution: int, weights: str | None,
-            given: dict[str, Any]):  # fmt: skip
-    from ..train import TrainConfig, get_recipe
-    from ..train.recipes import Recipe
-
-    recipe = get_recipe(given.get("name", default_recipe))
-    recipe_fields = set(Recipe.__dataclass_fields__) - {"name"}
-    changes = {k: v for k, v in given.items() if k in recipe_fields}
+def _settings(args: argparse.Namespace, given: dict[str, Any], default_recipe: str) -> tuple[str, dict[str, Any]]:
+    """(recipe name, settings for `make_config`): ``--lr`` is the peak rate at the batch size given."""
+    settings = {k: v for k, v in given.items() if k not in ("name", "data")}
     if args.lr is not None:
-        changes["lr"], changes["lr_batch"] = args.lr, changes.get("batch_size", recipe.batch_size)
-    recipe = recipe.with_overrides(**changes)
-    run = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(output=args.output, recipe=recipe, alpha=alpha, resolution=resolution, weights=weights, **run)
+        batch = settings.get("batch_size")
+        if batch is None:
+            from ..train import get_recipe
+
+            batch = get_recipe(given.get("name", default_recipe)).batch_size
+        settings["lr"], settings["lr_batch"] = args.lr, batch
+    return given.get("name", default_recipe), settings
 
 
 def _resume_given(args: argparse.Namespace, given: dict[str, Any], **model: Any) -> dict[str, Any]:
@@ -114,94 +113,56 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _report(summary: dict[str, Any], as_json: bool, keys: tuple[str, ...]) -> None:
+_SUMMARY_KEYS = ("val_top1", "best_top1", "best_epoch", "epochs", "seconds", "weights")
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
     if not _is_main():
         return
+    final = summary.get("final")
     if as_json:
-        print_json({k: summary[k] for k in keys})
+        print_json({k: summary[k] for k in _SUMMARY_KEYS})
         return
+    if final is not None:
+        print(f"final: val top-1 {100 * final['top1']:.2f}% on {final['count']} images of {final['data']}/val")
     top1 = summary["val_top1"]
     print(f"{summary['epochs']} epochs in {summary['seconds']:.0f}s; val top-1 "
-          f"{'n/a' if top1 is None else f'{100 * top1:.2f}%'}; weights {summary['weights']}")  # fmt: skip
+          f"{'n/a' if top1 is None else f'{100 * top1:.2f}%'} (best {100 * summary['best_top1']:.2f}% at epoch "
+          f"{summary['best_epoch']}); weights {summary['weights']}")  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..models.registry import parse_model_name
-    from ..train import train
+    from ..train import make_config, resume, train
 
     given = _given(args)
     if args.resume:
         alpha, res = parse_model_name(args.model) if args.model else (None, None)
-        summary = train(_placeholder(args), resume=True, given=_resume_given(args, given, alpha=alpha, resolution=res))
+        summary = resume(args.output, **_resume_given(args, given, alpha=alpha, resolution=res))
     else:
         if not args.data or not args.model:
             raise ConfigError("train needs --data DIR and --model NAME (or --resume with an existing --output)")
         alpha, res = parse_model_name(args.model)
-        summary = train(_config(args, "slim", alpha, res, None, given))
-    _report(summary, args.json, ("val_top1", "best_top1", "epochs", "seconds", "weights"))
+        recipe, settings = _settings(args, given, "slim")
+        summary = train(make_config(args.data, args.output, alpha, res, recipe=recipe, **settings))
+    _report(summary, args.json)
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..train import evaluate_weights, train
+    from ..train import finetune, resume
 
     given = _given(args)
     if args.resume:
-        summary = train(_placeholder(args), resume=True, given=_resume_given(args, given, weights=args.weights))
+        summary = resume(args.output, final_eval=True, **_resume_given(args, given, weights=args.weights))
     else:
         if not args.data or not args.weights:
             raise ConfigError("finetune needs --data DIR and --weights FILE (or --resume with an existing --output)")
-        alpha, res = _finetune_model(args)
-        given.setdefault("name", "finetune")
-        summary = train(_config(args, "finetune", alpha, res, str(args.weights), given))
-    if not _is_main():
-        return 0
-    data = args.data or _saved_data(args.output)
-    start = time.perf_counter()
-    final = evaluate_weights(summary["weights"], data, workers=args.workers if args.workers is not None else 2)
-    summary["val_top1"] = final["top1"]
-    summary["seconds"] = round(
-        summary["seconds"] + time.perf_counter() - start, 1
-    )  # training (all sessions) + this check
-    if not args.json:
-        print(f"final: val top-1 {100 * final['top1']:.2f}% on {final['count']} images of {data}/val")
-    _report(summary, args.json, ("val_top1", "epochs", "seconds", "weights"))
+        recipe, settings = _settings(args, given, "finetune")
+        summary = finetune(args.data, args.weights, args.output, model=args.model, resolution=args.resolution,
+                           recipe=recipe, **settings)  # fmt: skip
+    _report(summary, args.json)
     return 0
-
-
-def _finetune_model(args: argparse.Namespace) -> tuple[float, int]:
-    """(alpha, resolution) for fine-tuning: alpha from the weights, resolution from --resolution/--model/weights."""
-    from ..models.registry import get_spec
-    from ..weights import read_weights
-
-    w = read_weights(args.weights)
-    resolution = args.resolution or w.resolution or 224
-    if args.model:
-        spec = get_spec(args.model)
-        if abs(spec.alpha - w.alpha) > 1e-6:
-            raise ConfigError(
-                f"{args.weights}: weights have alpha={w.alpha:g} but {args.model} has alpha={spec.alpha:g}"
-            )
-        resolution = args.resolution or spec.resolution
-    return w.alpha, resolution
-
-
-def _placeholder(args: argparse.Namespace):
-    """A config that only names the run directory; `train(resume=True)` replaces it with the saved one."""
-    from ..train import TrainConfig, get_recipe
-
-    return TrainConfig(data="", output=args.output, recipe=get_recipe("slim"), alpha=1.0, resolution=224,
-                       device=args.device)  # fmt: skip
-
-
-def _saved_data(output: str) -> str:
-    import json
-    from pathlib import Path
-
-    try:
-        return json.loads((Path(output) / "run.json").read_text())["config"]["data"]
-    except (OSError, ValueError, KeyError):
-        raise MobilenetsError(f"{output}: run.json is missing or damaged; pass --data") from None
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

@@ -1,15 +1,11 @@
-"""One training loop for ``train`` and ``finetune``: data, model, optimiser, evaluation, checkpoints, resume, DDP.
+"""The training loop: one `Trainer` for ``train``, ``finetune`` and ``resume``, single process or DDP.
 
-A run directory holds::
-
-    run.json            the configuration (written when the run starts)
-    last.pt             full training state, rewritten every ``checkpoint_every`` steps and
-                        at each epoch end (resume point; torch.load(weights_only=True))
-    last.safetensors    weights after the latest epoch (the EMA when the recipe has one),
-    best.safetensors    and those of the best val top-1 epoch, with class names: what
-                        classify / evaluate / export take
-    log.csv, steps.csv  per epoch and every ``log_every`` steps; tb/ for TensorBoard when
-                        ``torch.utils.tensorboard`` imports (the ``[train]`` extra)
+Each step: the batch to the device, the model's own randomness reseeded, `train_step`
+(forward under autocast, fp32 loss, backward, optimiser step), the EMA, the LR schedule.
+Each epoch end: fp32 validation of the deployed weights (the EMA when there is one),
+``last.safetensors`` / ``best.safetensors``, the logs and a checkpoint; mid-epoch
+checkpoints every ``checkpoint_every`` steps. The run directory's layout and checkpoint
+format are in `checkpoint`.
 
 Exact resume: nothing random uses hidden state. The sample order of epoch ``e`` is
 ``randperm(seed + e)``; an image's augmentation is seeded by ``(seed, epoch, index)``; the
@@ -20,252 +16,30 @@ point continues from its last checkpoint to the same weights as an uninterrupted
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-import pickle
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..data.augment import TrainTransform
-from ..data.datasets import ImageDataset, LabelledImages, SkipCorrupt, collate_skip, open_dataset
-from ..data.images import load_image
-from ..data.transforms import EvalTransform
-from ..errors import ConfigError, ImageError, MobilenetsError
-from ..models.mobilenet_v1 import MobileNetV1
-from ..models.registry import mobilenet_v1, model_name
-from ..utils import atomic_write
-from .distributed import DistInfo, ResumableSampler, all_reduce_sum, convert_sync_batchnorm, init_distributed
-from .optim import LRSchedule, ModelEma, RMSpropTF
-from .recipes import Recipe
-
-CHECKPOINT_FORMAT = "mobilenets-train-checkpoint/1"
-# Fields a resumed run may change; anything else must match the checkpoint.
-RESUMABLE_CHANGES = ("data", "epochs", "workers", "device", "amp", "compile", "channels_last",
-                     "checkpoint_every", "log_every", "progress")  # fmt: skip
-
-
-class RunError(MobilenetsError):
-    """A run directory that cannot be started or resumed as asked."""
-
-
-@dataclass
-class TrainConfig:
-    """A training run: data, model, recipe, seed, then execution settings (device, AMP, workers, logging)."""
-
-    data: str  # folder with train/ and val/ class folders
-    output: str  # run directory
-    recipe: Recipe
-    alpha: float
-    resolution: int
-    weights: str | None = None  # initial weights (fine-tuning); None = from scratch
-    seed: int = 0
-    workers: int = 2
-    device: str | None = None  # None: cuda when available, else cpu
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
-    compile: bool = False
-    channels_last: bool = True
-    sync_bn: bool = False
-    checkpoint_every: int = 50  # steps between mid-epoch checkpoints; 0 = epoch ends only
-    log_every: int = 10
-    progress: bool = True
-
-    @property
-    def model_name(self) -> str:
-        return model_name(self.alpha, self.resolution)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["recipe"] = self.recipe.as_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{**d, "recipe": Recipe.from_dict(d["recipe"])})
-
-
-# --- data ----------------------------------------------------------------------------------
-
-
-class AugmentedImages(Dataset):
-    """Train images keyed by ``(index, epoch)``; each image's augmentation is seeded by (seed, epoch, index)."""
-
-    def __init__(self, data: LabelledImages, transform: TrainTransform, seed: int) -> None:
-        self.data, self.transform, self.seed = data, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.data.samples)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, epoch = key
-        path, label = self.data.samples[index]
-        try:
-            img = load_image(path)
-        except ImageError as e:
-            return e
-        return self.transform(img, np.random.default_rng([self.seed, epoch, index])), label
-
-
-def train_transform(recipe: Recipe, resolution: int) -> TrainTransform:
-    return TrainTransform(resolution, recipe.area_range, recipe.aspect_range, recipe.min_object_covered,
-                          flip=recipe.flip, brightness=recipe.brightness, saturation=recipe.saturation)  # fmt: skip
-
-
-def open_split(data_dir: str | Path, split: str, classes: list[str] | None = None) -> LabelledImages:
-    """``DIR/train`` or ``DIR/val`` as class folders; one-line errors for missing or empty data."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise MobilenetsError(
-            f"{root}: no such folder (expected {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg)"
-        )
-    folder = root / split
-    if not folder.is_dir():
-        raise MobilenetsError(f"{folder}: no such folder (expected {root}/{split}/<class>/*.jpg)")
-    ds = open_dataset(folder, classes=classes)
-    if ds.layout not in ("class-folders", "imagenet-folders"):
-        raise MobilenetsError(f"{folder}: expected one folder per class, found loose image files")
-    return ds
-
-
-# --- model ---------------------------------------------------------------------------------
-
-
-def build_train_model(cfg: TrainConfig, train_data: LabelledImages, info: DistInfo | None = None,
-                      init_weights: bool = True, workers: int = 0) -> MobileNetV1:  # fmt: skip
-    """The model for ``cfg``: from ``cfg.weights`` (a new head for ``train_data``'s classes) or from scratch.
-
-    ``init_weights=False`` builds the architecture only (a checkpoint will fill it).
-    """
-    r, classes, info = cfg.recipe, list(train_data.classes), info or DistInfo()
-    torch.manual_seed(cfg.seed)  # the same init on every rank and every rerun
-    if cfg.weights and init_weights:
-        from ..weights import build_model, read_weights
-
-        w = read_weights(cfg.weights)
-        model = build_model(w, resolution=cfg.resolution, dropout=r.dropout)  # with the source head, if any
-        if w.labels != classes or w.num_classes != len(classes):
-            mapped = None
-            if r.head_init == "source" and w.num_classes:
-                mapped = source_mapped_head(model, train_data, cfg.resolution, info, workers)
-            model.reset_classifier(len(classes))
-            if mapped is not None:
-                model.classifier.weight.data.copy_(mapped[0].view_as(model.classifier.weight))
-                model.classifier.bias.data.copy_(mapped[1])
-            elif r.head_init != "random":  # "zeros", or "source" from weights without a classifier
-                nn.init.zeros_(model.classifier.weight)
-    else:
-        model = mobilenet_v1(alpha=cfg.alpha, resolution=cfg.resolution, num_classes=len(classes), dropout=r.dropout)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 1.0 - r.bn_decay  # PyTorch momentum is the weight of the new value
-            m.weight.requires_grad_(r.train_bn_gamma)
-    if r.freeze_backbone:
-        model.features.requires_grad_(False)
-    return model
-
-
-@torch.inference_mode()
-def source_mapped_head(model: MobileNetV1, data: LabelledImages, resolution: int, info: DistInfo,
-                       workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """A new head from the source classifier: row k = source rows weighted by the source model's mean softmax
-    over class k's train images (a label mapping learned from the data, no class names needed).
-
-    On hymenoptera this head alone scores 92% val before any training (ants -> 'ant', bees -> 'bee');
-    a zero or random head starts at chance.
-    """
-    k = len(data.classes)
-    sums = torch.zeros(k, model.num_classes, dtype=torch.float64)
-    counts = torch.zeros(k, dtype=torch.float64)
-    model.eval()
-    for x, y, _ in eval_loader(data, resolution, workers, info):  # unreadable images: counted by the trainer later
-        if x is None:
-            continue
-        sums.index_add_(0, y, model(x).softmax(1).double())
-        counts += torch.bincount(y, minlength=k).double()
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
-    mean = sums / counts.clamp(min=1)[:, None]
-    weight = model.classifier.weight.detach().flatten(1).double()
-    return (mean @ weight).float(), (mean @ model.classifier.bias.detach().double()).float()
-
-
-def set_train_mode(model: nn.Module, recipe: Recipe) -> None:
-    """``model.train()``, with BN in eval mode where the recipe freezes it (frozen BN or backbone)."""
-    model.train()
-    if recipe.bn_mode == "frozen" or recipe.freeze_backbone:
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-
-
-def param_groups(model: nn.Module, recipe: Recipe, lr: float) -> list[dict[str, Any]]:
-    """Trainable parameters split by weight decay (conv kernels, depthwise per recipe) and head/backbone lr."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        kernel = name.endswith("conv.weight") or name == "classifier.weight"
-        decay = kernel and (recipe.decay_depthwise or "_depthwise." not in name)
-        groups.setdefault((name.startswith("classifier."), decay), []).append(p)
-    return [
-        {"params": ps, "lr": lr * (1.0 if head else recipe.backbone_lr_scale),
-         "weight_decay": recipe.weight_decay if decay else 0.0}
-        for (head, decay), ps in sorted(groups.items())
-    ]  # fmt: skip
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, recipe, lr)
-    if recipe.optimizer == "rmsprop_tf":
-        return RMSpropTF(groups, lr, rho=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.eps)
-    return torch.optim.SGD(groups, lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-
-
-def make_schedule(recipe: Recipe, steps_per_epoch: int, num_train: int, global_batch: int) -> LRSchedule:
-    # slim: decay_steps = int(num_samples_per_epoch * num_epochs_per_decay / batch_size)
-    return LRSchedule(
-        kind=recipe.schedule,
-        total_steps=recipe.epochs * steps_per_epoch,
-        warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
-        decay_steps=max(1, int(num_train * recipe.decay_epochs / global_batch)),
-        decay_rate=recipe.decay_rate,
-        min_ratio=recipe.min_lr_ratio,
-    )
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN's bf16 kernels win."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype. ``auto``: bf16 on CUDA (fp16 without bf16 support) and on CPUs with native bf16.
-
-    Measured for 1.0_224 at batch 32 (benchmarks/train_throughput.json): on an AVX512-BF16
-    CPU bf16 autocast trains faster than fp32; on an AVX2 CPU it was ~12x slower, so
-    there auto stays fp32.
-    """
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and native_cpu_bf16() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+from ..data.datasets import SkipCorrupt
+from ..errors import ConfigError
+from .checkpoint import EpochStats, RunError, RunLogs, prepare_run_dir, restore_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import eval_loader, open_split
+from .data import train_loader as train_loader_for
+from .distributed import DistInfo, ResumableSampler, all_reduce_sum, convert_sync_batchnorm
+from .evaluation import evaluate
+from .model import build_train_model, set_train_mode
+from .optim import ModelEma, make_optimizer, make_schedule
+from .platform import heap_reuse_applied, keep_freed_memory, resolve_amp
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -286,181 +60,30 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     return loss.detach(), logits.detach()
 
 
-def keep_freed_memory() -> bool:
-    """glibc only: serve big tensors from the heap and keep freed memory for reuse (process-wide).
-
-    By default glibc maps big blocks (always those over 32 MB) fresh from the kernel and
-    unmaps them on free, so each training step page-faults its activations in again: a
-    quarter of a CPU step for 1.0_224 at batch 32 (benchmarks/train_throughput.json).
-    jemalloc or tcmalloc avoid this for PyTorch CPU training; ``mallopt`` does it with
-    glibc. The cost: freed memory returns to the OS only when the process ends. False
-    where it does not apply.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of the model's own randomness (dropout) at one step on one rank."""
     return ((seed * 1_000_003 + step) * 1_009 + rank) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo, skipped: SkipCorrupt,
-             channels_last: bool = False) -> dict[str, float]:  # fmt: skip
-    """Mean cross-entropy and top-1 over the loader (sharded over ranks, summed), in eval mode, fp32."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count = 0.0, 0.0, 0.0
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for x, y, bad in loader:
-        for err in bad:
-            skipped.record(err)
-        if x is None:
-            continue
-        x, y = x.to(device, memory_format=fmt), y.to(device)
-        logits = model(x).float()
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(1) == y).sum())
-        count += len(y)
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], info)
-    model.train(was_training)
-    if count == 0:
-        raise MobilenetsError("no readable validation images")
-    return {"loss": loss_sum / count, "top1": correct / count, "count": int(count)}
-
-
-def eval_loader(data: LabelledImages, resolution: int, workers: int, info: DistInfo) -> DataLoader:
-    ds = ImageDataset(data, EvalTransform(resolution))
-    return DataLoader(ds, batch_size=64, sampler=range(info.rank, len(ds), info.world_size), num_workers=workers,
-                      collate_fn=collate_skip, persistent_workers=workers > 0)  # fmt: skip
-
-
-def evaluate_weights(weights: str | Path, data_dir: str | Path, workers: int = 2) -> dict[str, float]:
-    """Top-1 of a saved weights file on ``DIR/val`` with the reference eval transform (single process)."""
-    from ..weights import build_model, read_weights
-
-    model = build_model(read_weights(weights))
-    labels = model.pretrained_cfg.get("labels")
-    val = open_split(data_dir, "val", classes=labels)
-    loader = eval_loader(val, model.default_resolution, workers, DistInfo())
-    return evaluate(model, loader, torch.device("cpu"), DistInfo(), SkipCorrupt())
-
-
-# --- the run -------------------------------------------------------------------------------
-
-
-def check_run_dir(output: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (or None for a new run); refuses to overwrite another run."""
-    ckpt = output / "last.pt"
-    if resume:
-        if not ckpt.is_file():
-            raise RunError(f"{output}: no checkpoint to resume (last.pt missing); start the run without --resume")
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # foreign or damaged
-            raise RunError(
-                f"{ckpt}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(f"{ckpt}: not a mobilenets training checkpoint")
-        return state
-    if output.exists() and not output.is_dir():
-        raise RunError(f"{output}: exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()):
-        what = "holds another run" if (output / "run.json").exists() or ckpt.exists() else "is not empty"
-        raise RunError(f"{output}: {what}; pass --resume to continue it, or choose another --output")
-    return None
-
-
-def merge_resume_config(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """The saved configuration with the allowed changes from ``given`` (explicitly passed options)."""
-    current = {**saved.as_dict(), **{k: v for k, v in saved.recipe.as_dict().items()}}
-    conflicts = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and k in current and current[k] != v]
-    if conflicts:
-        raise RunError(f"--resume: {', '.join(sorted(conflicts))} differ from the run being resumed "
-                       f"(only {', '.join(RESUMABLE_CHANGES)} may change)")  # fmt: skip
-    cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES and k != "epochs"})
-    if "epochs" in given:
-        cfg = dataclasses.replace(cfg, recipe=cfg.recipe.with_overrides(epochs=given["epochs"]))
-    return cfg
-
-
-@dataclass
-class _EpochStats:
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    seen: float = 0.0
-    skipped: float = 0.0
-    seconds: float = 0.0
-
-
-@dataclass
-class _Logs:
-    """Per-epoch and per-step history, kept in the checkpoint and rewritten as CSV (atomically)."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    steps: list[dict[str, float]] = field(default_factory=list)
-
-    def write(self, out: Path) -> None:
-        for name, rows in (("log.csv", self.epochs), ("steps.csv", self.steps)):
-            if not rows:
-                continue
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            with atomic_write(out / name) as tmp:
-                tmp.write_text(buf.getvalue())
-
-
-def train(cfg: TrainConfig, resume: bool = False, given: dict[str, Any] | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) training; returns the summary (val top-1, epochs, seconds, weights path).
-
-    Under torchrun every process calls this; rank 0 logs and writes. ``given`` are the
-    options passed explicitly when resuming (checked against the saved run).
-    """
-    info = init_distributed(cfg.device)
-    if info.device.type == "cpu":
-        keep_freed_memory()
-    try:
-        return _Trainer(cfg, info, resume, given or {}, log or _stderr).run()
-    finally:
-        if info.enabled:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _stderr(line: str) -> None:
+def log_to_stderr(line: str) -> None:
+    """The default log: one line on stderr, above any progress bar."""
     from tqdm import tqdm
 
     tqdm.write(line, file=sys.stderr)
 
 
-class _Trainer:
-    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: bool, given: dict[str, Any],
-                 log: Callable[[str], None]) -> None:  # fmt: skip
-        self.info, self.out = info, Path(cfg.output)
-        self.log = log if info.is_main else (lambda line: None)
-        self.state = check_run_dir(self.out, resume)
-        if info.enabled:  # every rank has checked the folder before rank 0 writes into it
-            import torch.distributed as dist
+class Trainer:
+    """One run on this process: ``Trainer(cfg, info, state).run()`` trains ``cfg`` from the start
+    (``state=None``) or from the checkpoint ``state``, and returns the summary.
 
-            dist.barrier()
-        if self.state is not None:
-            cfg = merge_resume_config(TrainConfig.from_dict(self.state["config"]), given)
+    The run directory's checks (`checkpoint.check_new_run_dir`, `checkpoint.load_checkpoint`)
+    and the resume rules are the caller's (`mobilenets.train.train` / `resume`).
+    """
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, state: dict[str, Any] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.info, self.out, self.state = info, Path(cfg.output), state
+        self.log = (log or log_to_stderr) if info.is_main else (lambda line: None)
         self.cfg, r = cfg, cfg.recipe
         if r.batch_size % info.world_size:
             raise ConfigError(f"batch size {r.batch_size} must be divisible by the {info.world_size} processes")
@@ -498,7 +121,7 @@ class _Trainer:
 
         self.epoch, self.start_batch, self.step, self.last_lr = 0, 0, 0, 0.0
         self.best = {"top1": -1.0, "epoch": 0}
-        self.logs, self.partial, self.elapsed = _Logs(), _EpochStats(), 0.0
+        self.logs, self.partial, self.elapsed = RunLogs(), EpochStats(), 0.0
         if self.state is not None:
             self._load_state(self.state)
         self.skipped = SkipCorrupt(warned=not info.is_main)
@@ -515,32 +138,24 @@ class _Trainer:
     # -- state ----------------------------------------------------------------------------
 
     def _load_state(self, s: dict[str, Any]) -> None:
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
-        # the schedule itself is rebuilt from the config (which may extend the epochs); only the counters load
-        self.scheduler.load_state_dict({**s["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
-        if self.ema is not None:
-            self.ema.load_state_dict(s["ema"])
-        if self.scaler is not None and s.get("scaler"):
-            self.scaler.load_state_dict(s["scaler"])
+        restore_checkpoint(s, self.model, self.optimizer, self.scheduler, self.ema, self.scaler)
         self.epoch, self.start_batch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best, self.elapsed = s["best"], s["seconds"]
-        self.logs = _Logs(s["logs"]["epochs"], s["logs"]["steps"])
+        self.logs = RunLogs(s["logs"]["epochs"], s["logs"]["steps"])
         if self.info.is_main:  # the saved partial sums are already reduced over ranks: count them once
-            self.partial = _EpochStats(**s["partial"])
+            self.partial = EpochStats(**s["partial"])
         else:
-            self.partial = _EpochStats(seconds=s["partial"]["seconds"])
+            self.partial = EpochStats(seconds=s["partial"]["seconds"])
         if s["world_size"] != self.info.world_size:
             self.log(f"note: resuming a {s['world_size']}-process run on {self.info.world_size}; "
                      "the sample order is the same, float sums may differ")  # fmt: skip
 
-    def _save_checkpoint(self, epoch: int, batch_in_epoch: int, partial: _EpochStats) -> None:
+    def _save_checkpoint(self, epoch: int, batch_in_epoch: int, partial: EpochStats) -> None:
         # every rank calls this at the same step: the partial sums are reduced first
         sums = all_reduce_sum([partial.loss_sum, partial.correct, partial.seen, partial.skipped], self.info)
         if not self.info.is_main:
             return
         state = {
-            "format": CHECKPOINT_FORMAT,
             "config": self.cfg.as_dict(),
             "classes": self.classes,
             "model": self.model.state_dict(),
@@ -554,31 +169,19 @@ class _Trainer:
             "world_size": self.info.world_size,
             "best": self.best,
             "seconds": self.elapsed + (time.perf_counter() - self.t0),
-            "partial": dataclasses.asdict(_EpochStats(*sums, seconds=partial.seconds)),
+            "partial": dataclasses.asdict(EpochStats(*sums, seconds=partial.seconds)),
             "logs": {"epochs": self.logs.epochs, "steps": self.logs.steps},
         }
         self.logs.write(self.out)
-        with atomic_write(self.out / "last.pt") as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(self.out / "last.pt", state)
 
     # -- loop -----------------------------------------------------------------------------
-
-    def _loader(self) -> DataLoader:
-        cfg = self.cfg
-        ds = AugmentedImages(self.train_data, train_transform(cfg.recipe, cfg.resolution), cfg.seed)
-        return DataLoader(ds, batch_size=cfg.recipe.batch_size // self.info.world_size, sampler=self.sampler,
-                          num_workers=cfg.workers, collate_fn=collate_skip, persistent_workers=cfg.workers > 0,
-                          pin_memory=self.device.type == "cuda", drop_last=True)  # fmt: skip
 
     def run(self) -> dict[str, Any]:
         cfg, r, info = self.cfg, self.cfg.recipe, self.info
         self.t0 = time.perf_counter()
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".*.tmp"):  # temp files of a write that a kill interrupted
-                stale.unlink(missing_ok=True)
-            with atomic_write(self.out / "run.json") as tmp:
-                tmp.write_text(json.dumps({"config": cfg.as_dict(), "classes": self.classes}, indent=1))
+            prepare_run_dir(self.out, cfg, self.classes)
         self.tb = self._tensorboard()
         what = "resuming" if self.state else "training"
         self.log(f"{what} {cfg.model_name} on {len(self.train_data)} images ({len(self.classes)} classes), "
@@ -587,13 +190,15 @@ class _Trainer:
                  f"{self.device.type}{', amp ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}"
                  + (f"; from epoch {self.epoch + 1} step {self.start_batch}" if self.state else ""))  # fmt: skip
         self._warn_slow_bn()
-        train_loader = self._loader()
+        if self.epoch < r.epochs:
+            self._reuse_heap()
+        train_loader = train_loader_for(self.train_data, r, cfg.resolution, cfg.seed, self.sampler, cfg.workers, info)
         val_loader = eval_loader(self.val_data, cfg.resolution, cfg.workers, info)
         last_val: dict[str, float] | None = None
         while self.epoch < r.epochs:
             self._train_epoch(train_loader)
             last_val = self._end_epoch(val_loader)
-            self.epoch, self.start_batch, self.partial = self.epoch + 1, 0, _EpochStats()
+            self.epoch, self.start_batch, self.partial = self.epoch + 1, 0, EpochStats()
             self._save_checkpoint(self.epoch, 0, self.partial)
         if self.tb is not None:
             self.tb.close()
@@ -609,6 +214,14 @@ class _Trainer:
             "weights": str(self.out / "last.safetensors"),
             "skipped_images": self.skipped.count,
         }
+
+    def _reuse_heap(self) -> None:
+        """glibc heap reuse (`platform.keep_freed_memory`) before the first CPU step, once per process."""
+        if not self.cfg.heap_reuse or self.device.type != "cpu" or heap_reuse_applied():
+            return
+        if keep_freed_memory():
+            self.log("note: glibc now keeps freed memory for reuse in this process (faster CPU steps; "
+                     "heap_reuse=False / --no-heap-reuse leaves the allocator alone)")  # fmt: skip
 
     def _warn_slow_bn(self) -> None:
         """Warn when BN's moving statistics cannot follow the weights within the whole run.

@@ -1,4 +1,5 @@
-"""Optimiser pieces with TF semantics: RMSProp as TF1 computes it, a per-step LR schedule, weight EMA.
+"""Optimiser pieces with TF semantics (RMSProp as TF1 computes it, a per-step LR schedule, weight EMA),
+and the optimiser, parameter groups and schedule a `Recipe` asks for.
 
 PyTorch's ``RMSprop`` differs from ``tf.train.RMSPropOptimizer`` in three ways that matter
 with slim's epsilon of 1.0: TF adds epsilon *inside* the square root, starts the mean
@@ -11,9 +12,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from .recipes import Recipe
 
 
 class RMSpropTF(torch.optim.Optimizer):
@@ -106,3 +110,41 @@ class ModelEma(nn.Module):
             else:
                 avg.copy_(source[key])
         self.num_updates += 1
+
+
+# --- from a recipe -----------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, recipe: Recipe, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters split by weight decay (conv kernels, depthwise per recipe) and head/backbone lr."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        kernel = name.endswith("conv.weight") or name == "classifier.weight"
+        decay = kernel and (recipe.decay_depthwise or "_depthwise." not in name)
+        groups.setdefault((name.startswith("classifier."), decay), []).append(p)
+    return [
+        {"params": ps, "lr": lr * (1.0 if head else recipe.backbone_lr_scale),
+         "weight_decay": recipe.weight_decay if decay else 0.0}
+        for (head, decay), ps in sorted(groups.items())
+    ]  # fmt: skip
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, recipe, lr)
+    if recipe.optimizer == "rmsprop_tf":
+        return RMSpropTF(groups, lr, rho=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.eps)
+    return torch.optim.SGD(groups, lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def make_schedule(recipe: Recipe, steps_per_epoch: int, num_train: int, global_batch: int) -> LRSchedule:
+    # slim: decay_steps = int(num_samples_per_epoch * num_epochs_per_decay / batch_size)
+    return LRSchedule(
+        kind=recipe.schedule,
+        total_steps=recipe.epochs * steps_per_epoch,
+        warmup_steps=round(recipe.warmup_epochs * steps_per_epoch),
+        decay_steps=max(1, int(num_train * recipe.decay_epochs / global_batch)),
+        decay_rate=recipe.decay_rate,
+        min_ratio=recipe.min_lr_ratio,
+    )
