@@ -34,7 +34,7 @@ def test_pick_best_fit_and_neighbours():
 def test_pick_prefers_this_machines_rows():
     from dataclasses import replace
 
-    from mobilenets.runtime import machine_id
+    from mobilenets.utils import machine_id
 
     here = [replace(r, machine=machine_id()) for r in ROWS[:2]]  # a (2 ms) and b (4 ms) measured here
     assert pick(ROWS + here, 100).best.model == "b"  # d and c are other machines' rows

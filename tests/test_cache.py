@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mobilenets.errors import WeightsError
-from mobilenets.models.registry import create_model
+from mobilenets import create_model
+from mobilenets.models.registry import CATALOG, WeightsEntry, default_cfg
 from mobilenets.weights import cache, read_weights
-from mobilenets.weights.catalog import CATALOG, WeightsEntry
 
 from .test_weights_formats import KERAS, SLIM, keras_file, logits, make_tgz, slim_members
 
@@ -82,7 +82,8 @@ def closed_port_url(name: str = "mobilenet_v1_test.tgz") -> str:
 
 
 def register(monkeypatch, urls, alpha: float = 0.0625, resolution: int = 64, name: str = NAME) -> None:
-    entry = WeightsEntry(name=name, arch=name, alpha=alpha, resolution=resolution, quantized=False, urls=tuple(urls))
+    cfg = default_cfg(alpha, resolution).replace(url=urls[0], tag="imagenet")
+    entry = WeightsEntry(name=name, arch=name, tag="imagenet", urls=tuple(urls), cfg=cfg)
     monkeypatch.setitem(CATALOG, name, entry)
 
 
@@ -102,10 +103,10 @@ def test_download_convert_and_reuse(server, home, monkeypatch, tgz_bytes):
     assert path == home / f"{NAME}.safetensors"
     assert files_under(home) == ["downloads/mobilenet_v1_test.tgz", f"{NAME}.safetensors"]
     w = read_weights(path)
-    assert w.source == server.url("mobilenet_v1_test.tgz")
-    assert w.meta["sha256"] == hashlib.sha256(tgz_bytes).hexdigest()
+    assert w.source == str(path) and w.cfg.source == server.url("mobilenet_v1_test.tgz")
+    assert w.cfg.sha256 == hashlib.sha256(tgz_bytes).hexdigest() and w.cfg.url == w.cfg.source
     assert (w.meta["format"], w.alpha, w.resolution, w.num_classes) == ("slim-ckpt", 0.0625, 64, 10)
-    assert w.meta["preprocessing"]["crop_fraction"] == 0.875
+    assert (w.cfg.crop_fraction, w.cfg.decode, w.cfg.tag) == (0.875, "tf", "imagenet")
     np.testing.assert_allclose(logits(w, SLIM["x"]), SLIM["logits_ema"], atol=1e-5)
 
     assert cache.fetch_official(NAME) == path  # reused: no second request
@@ -125,8 +126,8 @@ def test_falls_back_to_the_next_url(server, home, monkeypatch, tmp_path):
 def test_create_model_imagenet_goes_through_the_cache(server, home, monkeypatch, tmp_path):
     server.files["k.h5"] = keras_file(tmp_path, "keras2_weights.h5").read_bytes()
     register(monkeypatch, [server.url("k.h5")], alpha=0.25, resolution=128, name="mobilenet_v1_0.25_128")
-    model = create_model("mobilenet_v1_0.25_128", weights="imagenet").eval()
-    assert model.pretrained_cfg["source"] == server.url("k.h5")
+    model = create_model("mobilenet_v1_0.25_128", weights="imagenet")
+    assert not model.training and model.pretrained_cfg.source == server.url("k.h5")
     x = torch.from_numpy(KERAS["pixels"].astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), KERAS["logits"], atol=1e-5)
@@ -139,7 +140,7 @@ def test_resumes_a_cut_download_within_one_call(server, home, monkeypatch, tgz_b
     w = read_weights(cache.fetch_official(NAME))
     third = len(tgz_bytes) // 3
     assert server.ranges == [None, f"bytes={third}-", f"bytes={2 * third}-"]
-    assert w.meta["sha256"] == hashlib.sha256(tgz_bytes).hexdigest()
+    assert w.cfg.sha256 == hashlib.sha256(tgz_bytes).hexdigest() and w.cfg.url == w.cfg.source
 
 
 def test_resumes_across_calls(server, home, monkeypatch, tgz_bytes):
@@ -162,7 +163,7 @@ def test_server_without_range_support_restarts(server, home, monkeypatch, tgz_by
     server.honour_range = False
     register(monkeypatch, [server.url("m.tgz")])
     w = read_weights(cache.fetch_official(NAME))
-    assert w.meta["sha256"] == hashlib.sha256(tgz_bytes).hexdigest()
+    assert w.cfg.sha256 == hashlib.sha256(tgz_bytes).hexdigest() and w.cfg.url == w.cfg.source
 
 
 def test_offline_names_urls_and_the_by_hand_path(home, monkeypatch):
@@ -181,7 +182,7 @@ def test_a_file_put_there_by_hand_is_used_offline(home, monkeypatch, tgz_bytes):
     register(monkeypatch, [url])
     (home / "downloads").mkdir(parents=True)
     (home / "downloads" / "by_hand.tgz").write_bytes(tgz_bytes)
-    assert read_weights(cache.fetch_official(NAME)).source == url
+    assert read_weights(cache.fetch_official(NAME)).cfg.source == url
 
 
 def test_a_damaged_download_is_removed(server, home, monkeypatch, tgz_bytes):
@@ -204,7 +205,7 @@ def test_file_url(home, monkeypatch, tmp_path, tgz_bytes):
     src = tmp_path / "m.tgz"
     src.write_bytes(tgz_bytes)
     register(monkeypatch, [src.as_uri()])
-    assert read_weights(cache.fetch_official(NAME)).source == src.as_uri()
+    assert read_weights(cache.fetch_official(NAME)).cfg.source == src.as_uri()
 
 
 def test_unknown_name():

@@ -10,63 +10,54 @@ from PIL import Image
 import mobilenets
 from mobilenets.cli import main
 from mobilenets.errors import MobilenetsError
-from mobilenets.export import export_model, read_artifact_info, synthetic_images
-from mobilenets.export.prepare import DeployModule
+from mobilenets.export import export_model, synthetic_images
+from mobilenets.models.deploy import DeployModule
+from mobilenets.runtime import read_artifact_info
 
-from .conftest import shared_path
-
-
-def random_model(alpha: float = 0.25, resolution: int = 96, num_classes: int = 10, seed: int = 0):
-    """A small MobileNet with non-trivial BatchNorm statistics (so folding is really tested)."""
-    torch.manual_seed(seed)
-    model = mobilenets.mobilenet_v1(alpha=alpha, resolution=resolution, num_classes=num_classes).eval()
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.normal_(0, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.data.uniform_(0.5, 1.5)
-        bn.bias.data.normal_(0, 0.2)
-    model.pretrained_cfg = {"labels": [f"class{i}" for i in range(num_classes)], "has_background": False}
-    return model
+from .conftest import random_model, shared_path
 
 
 @pytest.mark.parametrize("resolution", [96, 97, 64])
 def test_deploy_module_is_the_model(resolution):
     model = random_model(resolution=resolution)
-    x = torch.from_numpy(synthetic_images(resolution, 4))
+    x = torch.from_numpy(synthetic_images((3, resolution, resolution), 4))
     with torch.no_grad():
-        probs, emb = DeployModule(model, resolution)(x)
+        probs, emb = DeployModule(model, (3, resolution, resolution))(x)
         ref = model(x).softmax(1)
         ref_emb = model.forward_head(model.forward_features(x), pre_logits=True)
-        probs_nhwc, _ = DeployModule(model, resolution, channels_last=True)(x.permute(0, 2, 3, 1))
+        probs_nhwc, _ = DeployModule(model, (3, resolution, resolution), channels_last=True)(x.permute(0, 2, 3, 1))
     assert (probs - ref).abs().max() < 1e-6
     assert (emb - ref_emb).abs().max() < 1e-4 * ref_emb.abs().max()
     assert (probs_nhwc - ref).abs().max() < 1e-6
 
 
 def test_deploy_module_pads_only_where_tf_same_is_asymmetric():
-    deploy = DeployModule(random_model(resolution=96), 96)
-    pads = [name for name, block in deploy.features.named_children() if isinstance(block[0], torch.nn.ZeroPad2d)]
+    deploy = DeployModule(random_model(resolution=96), (3, 96, 96))
+    features = deploy.model.features
+    pads = [name for name, block in features.named_children() if isinstance(block[0], torch.nn.ZeroPad2d)]
     # stride 2 on an even input: TF pads nothing top/left and one pixel bottom/right
     assert pads == ["Conv2d_0", "Conv2d_2_depthwise", "Conv2d_4_depthwise", "Conv2d_6_depthwise", "Conv2d_12_depthwise"]
-    assert deploy.features.Conv2d_0[0].padding == (0, 1, 0, 1)
+    assert features.Conv2d_0[0].padding == (0, 1, 0, 1)
+    assert features.Conv2d_1_depthwise[0].padding == (1, 1)  # symmetric: kept inside the conv
 
 
 def test_onnx_float_parity_metadata_and_clean_graph(tmp_path):
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the [onnx] extra")
     pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
-    from mobilenets.runtime import load_predictor
+    from mobilenets.auto import load_predictor
 
     model = random_model()
     out = tmp_path / "m.onnx"
     result = export_model(model, "onnx", out)
-    assert result.parity.max_abs_prob_diff < 1e-5 and result.parity.top1_agreement == 1.0
+    assert result.parity.max_abs_diff["probabilities"] < 1e-5 and result.parity.top1_agreement == 1.0
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("Conv") == 28 and "Pad" not in ops  # the TF 'SAME' pads live in the convs' pads
     info = read_artifact_info(out)
-    assert (info.format, info.resolution, info.num_classes, info.layout, info.int8) == ("onnx", 96, 10, "NCHW", False)
-    assert info.labels[3] == "class3" and info.name == model.name
+    assert (info.format, info.resolution, info.cfg.num_classes, info.layout, info.int8) == ("onnx", 96, 10, "NCHW", False)
+    assert info.cfg.labels[3] == "class3" and info.name == model.name
+    assert [o.name for o in info.outputs] == ["probabilities", "embedding"]
     pred = load_predictor(weights=out, backend="onnxruntime")
-    x = synthetic_images(96, 3, seed=1)
+    x = synthetic_images((3, 96, 96), 3, seed=1)
     with torch.no_grad():
         emb = model.forward_head(model.forward_features(torch.from_numpy(x)), pre_logits=True).numpy()
     assert np.abs(pred.embed(x) - emb).max() < 1e-4 * np.abs(emb).max()
@@ -80,7 +71,7 @@ def test_onnx_int8_is_per_channel_qdq(tmp_path):
 
     model = random_model()
     out = tmp_path / "q.onnx"
-    result = export_model(model, "onnx", out, calibration=synthetic_images(96, 16))
+    result = export_model(model, "onnx", out, calibration=synthetic_images((3, 96, 96), 16))
     graph = onnx.load(str(out)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     weight_scales = [inits[n.input[1]] for n in graph.node
@@ -111,7 +102,7 @@ def test_tflite_float_official_parity(tmp_path):
     pytest.importorskip("litert_torch", reason="TFLite export needs the [litert] extra")
     from mobilenets.quantize import image_files, load_batch
     from mobilenets.weights import build_model, read_weights
-    from mobilenets.weights.tflite import _Graph
+    from mobilenets.weights.tflite import TFLiteGraph
 
     google = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
     model = build_model(read_weights(google))
@@ -119,12 +110,12 @@ def test_tflite_float_official_parity(tmp_path):
     images = load_batch(files, mobilenets.EvalTransform(224))
     out = tmp_path / "f.tflite"
     result = export_model(model, "tflite", out, parity_images=images)
-    assert result.parity.max_abs_prob_diff <= 1e-4 and result.parity.top1_agreement == 1.0
-    ours, theirs = _Graph(out).ops, _Graph(google).ops
+    assert result.parity.max_abs_diff["probabilities"] <= 1e-4 and result.parity.top1_agreement == 1.0
+    ours, theirs = TFLiteGraph(out).ops, TFLiteGraph(google).ops
     # op for op Google's graph (pool as MEAN, squeeze as RESHAPE): no PAD, no TRANSPOSE
     assert [o for o in ours if "CONV" in o] == [o for o in theirs if "CONV" in o]
     assert "PAD" not in ours and "TRANSPOSE" not in ours
-    assert read_artifact_info(out).labels[0].lower() == "background"
+    assert read_artifact_info(out).cfg.labels[0].lower() == "background"
 
 
 @pytest.mark.slow
@@ -133,15 +124,15 @@ def test_tflite_int8_official_weights(tmp_path, input_type):
     pytest.importorskip("litert_torch", reason="TFLite export needs the [litert] extra")
     from mobilenets.quantize import calibration_images, image_files, load_batch
     from mobilenets.weights import build_model, read_weights
-    from mobilenets.weights.tflite import _Graph
+    from mobilenets.weights.tflite import TFLiteGraph
 
     model = build_model(read_weights(shared_path("models", "mobilenet_v1_0.75_192_quant.tflite")))
-    calib = calibration_images(shared_path("hymenoptera", "train"), 192, size=32)
+    calib = calibration_images(shared_path("hymenoptera", "train"), mobilenets.EvalTransform(192), size=32)
     images = load_batch(image_files(shared_path("imagenet_samples_100"), size=20), mobilenets.EvalTransform(192))
     out = tmp_path / "q.tflite"
     result = export_model(model, "tflite", out, calibration=calib, input_dtype=input_type, parity_images=images)
     assert result.parity.top1_agreement >= 0.8
-    ops = _Graph(out).ops
+    ops = TFLiteGraph(out).ops
     assert "PAD" not in ops and "TRANSPOSE" not in ops and ops.count("DEPTHWISE_CONV_2D") == 13
     assert ops[0] == ("QUANTIZE" if input_type == "uint8" else "CONV_2D")
     info = read_artifact_info(out)
@@ -212,11 +203,17 @@ def test_export_cli_int8_onnx(capsys, weights_file, tmp_path):
     import json
 
     report = json.loads(capsys.readouterr().out)
-    assert report["int8"] and report["parity"]["images"] == 6 and 0 <= report["parity"]["top1_agreement"] <= 1
+    # 6 noise images through a random 10-class head: int8 keeps the float top-1 on all of them
+    assert report["int8"] and report["parity"]["images"] == 6 and report["parity"]["top1_agreement"] == 1.0
+    assert report["outputs"] == ["probabilities", "embedding"]
     assert out.exists()
 
 
-def test_export_refuses_a_headless_model(tmp_path):
-    model = mobilenets.mobilenet_v1(alpha=0.25, resolution=64, num_classes=0)
-    with pytest.raises(MobilenetsError, match="classifier"):
-        DeployModule(model, 64)
+def test_a_headless_model_exports_its_embedding(tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    model = mobilenets.mobilenet_v1(alpha=0.25, resolution=64, num_classes=0).eval()
+    result = export_model(model, "onnx", tmp_path / "e.onnx")
+    assert [o.name for o in result.info.outputs] == ["embedding"]
+    assert result.parity.max_abs_diff["embedding"] < 1e-4
+    with pytest.raises(MobilenetsError, match="unknown output"):
+        DeployModule(model, (3, 64, 64), outputs=("probabilities",))

@@ -23,8 +23,11 @@ FLOAT_TFLITE = "mobilenet_v1_0.25_224_1_default_1.tflite"
 
 
 def contract(path: Path) -> dict:
+    """The file's header as one flat dict: its PretrainedCfg, plus alpha/resolution and how it was read."""
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["mobilenets"])
+        header = f.metadata()
+    cfg = json.loads(header["pretrained_cfg"])
+    return {**cfg, **json.loads(header["mobilenets"]), "alpha": cfg["arch_cfg"]["alpha"], "resolution": cfg["input_size"][1]}
 
 
 def run_import(capsys, *args: str) -> tuple[int, str, str]:

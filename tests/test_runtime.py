@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from mobilenets.auto import load_predictor
 from mobilenets.errors import MobilenetsError
 from mobilenets.export import export_model, synthetic_images
-from mobilenets.export.metadata import ArtifactError, ArtifactInfo
-from mobilenets.runtime import ArtifactPredictor, backend_available, load_predictor
+from mobilenets.models.cfg import PretrainedCfg
+from mobilenets.runtime import ArtifactError, ArtifactInfo, ArtifactPredictor, backend_available
 
-from .conftest import shared_path
-from .test_export import random_model
+from .conftest import random_model, shared_path
 
 
 def needs_openvino() -> None:
@@ -33,13 +33,13 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rt")
     model = random_model()
-    save_weights(model, root / "w.safetensors", labels=model.pretrained_cfg["labels"])
+    save_weights(model, root / "w.safetensors")
     export_model(model, "onnx", root / "m.onnx")
     return root
 
 
 def test_backends_agree(exported):
-    x = synthetic_images(96, 4, seed=3)
+    x = synthetic_images((3, 96, 96), 4, seed=3)
     torch_pred = load_predictor(weights=exported / "w.safetensors", backend="torch")
     ort_pred = load_predictor(weights=exported / "m.onnx", backend="onnxruntime", threads=1)
     assert np.abs(torch_pred.probabilities(x) - ort_pred.probabilities(x)).max() < 1e-5
@@ -52,7 +52,7 @@ def test_backends_agree(exported):
 
 def test_openvino_runs_the_onnx_artifact(exported):
     needs_openvino()
-    x = synthetic_images(96, 2, seed=4)
+    x = synthetic_images((3, 96, 96), 2, seed=4)
     ov = load_predictor(weights=exported / "m.onnx", backend="openvino", threads=1)
     ref = load_predictor(weights=exported / "m.onnx", backend="onnxruntime", threads=1)
     assert np.abs(ov.probabilities(x) - ref.probabilities(x)).max() < 1e-4
@@ -78,7 +78,7 @@ def test_openvino_keeps_fp32_on_real_weights(tmp_path):
 def test_openvino_without_telemetry(exported, tmp_path):
     """`import openvino` alone sends a usage event and writes ~/intel/ (opt-out telemetry); ours does neither."""
     needs_openvino()
-    code = ("from mobilenets.runtime import load_predictor; import sys; "
+    code = ("from mobilenets.auto import load_predictor; import sys; "
             f"load_predictor(weights={str(exported / 'm.onnx')!r}, backend='openvino', threads=1); "
             "assert sys.modules.get('openvino_telemetry') is None")  # fmt: skip
     env = {**os.environ, "HOME": str(tmp_path), "CI": ""}
@@ -144,8 +144,9 @@ def test_embedding_extractor_tflite():
 
 
 def test_integer_input_is_quantized_with_the_artifacts_scale(tmp_path):
-    info = ArtifactInfo(name="x", format="tflite", resolution=2, num_classes=1, num_features=1, layout="NHWC",
-                        input_dtype="uint8", input_quantization=(1 / 128, 128))  # fmt: skip
+    cfg = PretrainedCfg(num_classes=1, label_offset=0, input_size=(3, 2, 2))
+    info = ArtifactInfo(name="x", format="tflite", cfg=cfg, layout="NHWC", input_dtype="uint8",
+                        input_quantization=(1 / 128, 128))  # fmt: skip
     pred = ArtifactPredictor("litert", tmp_path / "x.tflite", info)
     x = np.array([-1.0, -0.5, 0.0, 0.999, 1.0, 0.25, 0.3, -0.3, 0.1, 0.2, 0.3, 0.4], np.float32).reshape(1, 3, 2, 2)
     q = pred.prepare(x)
@@ -162,7 +163,7 @@ def test_auto_on_an_artifact_picks_and_remembers(exported, tmp_path, monkeypatch
     (choice,) = record.values()
     assert choice["backend"] == pred.backend and set(choice["ms"]) >= {"onnxruntime"}
     again = load_predictor(weights=exported / "m.onnx", backend="auto", threads=1)
-    assert again.backend == pred.backend and "auto" not in again.info  # from the cache, not re-timed
+    assert again.backend == pred.backend and again.info["auto"] == choice["ms"]  # from the cache, not re-timed
 
 
 @pytest.mark.slow

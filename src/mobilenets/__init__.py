@@ -1,15 +1,26 @@
-"""mobilenets: Google's MobileNet v1 family in PyTorch, exact to TF-Slim.
+"""mobilenets: Google's MobileNets in PyTorch, exact to Google's files.
 
     import mobilenets
-    model = mobilenets.create_model("mobilenet_v1_0.75_192")
+    model = mobilenets.create_model("mobilenet_v1_0.75_192", weights="imagenet")
     model = mobilenets.mobilenet_v1(alpha=0.6, resolution=200)
+    predictor = mobilenets.load_predictor(weights="model.tflite")   # any backend, named outputs
 """
 
+from .builder import create_model
 from .data.transforms import EvalTransform, PillowEvalTransform
 from .errors import MobilenetsError
-from .models import MobileNetV1, create_model, list_models, mobilenet_v1
+from .models import MobileNetV1, OutputSpec, PretrainedCfg, list_models, mobilenet_v1
 from .profile import profile_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["EvalTransform", "MobileNetV1", "MobilenetsError", "PillowEvalTransform", "create_model", "list_models", "mobilenet_v1", "profile_model"]
+
+def load_predictor(*args, **kwargs):
+    """`mobilenets.auto.load_predictor` (imported on first use: it pulls in the runtimes)."""
+    from .auto import load_predictor as load
+
+    return load(*args, **kwargs)
+
+
+__all__ = ["EvalTransform", "MobileNetV1", "MobilenetsError", "OutputSpec", "PillowEvalTransform", "PretrainedCfg",
+           "create_model", "list_models", "load_predictor", "mobilenet_v1", "profile_model"]

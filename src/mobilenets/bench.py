@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .auto import CHOICES, cached_float_export, load_predictor, time_interleaved
 from .errors import MobilenetsError
-from .runtime import BACKENDS, Predictor, backend_available, load_predictor, machine_id, time_interleaved
-from .utils import atomic_write, cache_dir
+from .runtime import Predictor, backend_available
+from .utils import atomic_write, cache_dir, file_key, machine_id
 
 
 @dataclass
@@ -52,10 +53,10 @@ class BenchRow:
 
 
 def published_top1(model: str, int8: bool) -> float | None:
-    from .weights.catalog import CATALOG
+    from .models.registry import CATALOG
 
     entry = CATALOG.get(f"{model}_quant" if int8 else model)
-    return entry.published.top1 if entry is not None and entry.published is not None else None
+    return entry.cfg.metrics.get("top1") if entry is not None else None
 
 
 def results_path(path: str | os.PathLike | None = None) -> Path:
@@ -87,8 +88,9 @@ def save_results(rows: list[BenchRow], path: str | os.PathLike | None = None) ->
 def _artifacts(name: str, int8: bool, workdir: Path, calibration: np.ndarray | None,
                formats: set[str]) -> tuple[Path, dict[str, Path]]:  # fmt: skip
     """A seeded random-init model saved as safetensors, plus its exports in ``formats``."""
+    from .builder import create_model
     from .export import export_model
-    from .models.registry import create_model, get_spec
+    from .models.registry import get_spec
     from .weights import save_weights
 
     spec = get_spec(name)
@@ -97,10 +99,10 @@ def _artifacts(name: str, int8: bool, workdir: Path, calibration: np.ndarray | N
     weights = workdir / f"{name}.safetensors"
     if not weights.exists():
         save_weights(model, weights)
-    if not int8:  # the same float copies `auto` uses
-        from .runtime import _file_key, cached_float_exports
-
-        return weights, cached_float_exports(model, _file_key(weights), spec.resolution, sorted(formats))
+    if not int8:  # the same float copy `auto` uses, and a float .tflite
+        key = file_key(weights)
+        out = {fmt: cached_float_export(model, key, fmt, progress=False) for fmt in sorted(formats)}
+        return weights, {k: v for k, v in out.items() if v is not None}
     out = {}
     for fmt in sorted(formats):
         path = workdir / f"{name}{'_int8' if int8 else ''}.{fmt}"
@@ -114,7 +116,7 @@ def _artifacts(name: str, int8: bool, workdir: Path, calibration: np.ndarray | N
 def _synthetic_calibration(resolution: int) -> np.ndarray:
     from .export import synthetic_images
 
-    return synthetic_images(resolution, count=16)
+    return synthetic_images((3, resolution, resolution), count=16)
 
 
 def _predictors(name: str, backends: list[str], int8: bool, threads: int, workdir: Path,
@@ -147,9 +149,9 @@ def run_bench(models: list[str], backends: list[str], int8_modes: list[bool], th
     """Measure every (model, backend, precision, threads); see the module docstring."""
     from .models.registry import get_spec
 
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in CHOICES]
     if unknown:
-        raise MobilenetsError(f"unknown backend(s) {unknown}; available: {', '.join(BACKENDS)}")
+        raise MobilenetsError(f"unknown backend(s) {unknown}; available: {', '.join(CHOICES)}")
     missing = [b for b in backends if b != "auto" and not backend_available(b)]
     if missing:
         raise MobilenetsError(f"backend(s) not installed: {', '.join(missing)}")

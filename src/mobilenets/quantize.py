@@ -2,7 +2,7 @@
 
 What it takes for MobileNet v1 to keep its accuracy in int8:
 
-- **BatchNorm folded first** (`export.prepare.DeployModule`): the folded weights are what
+- **BatchNorm folded first** (`models.deploy.DeployModule`): the folded weights are what
   runs, so they are what gets quantized.
 - **Per-channel symmetric int8 weights.** The depthwise filters of one layer differ in
   magnitude by two orders (folding BN scales each channel separately); one scale per
@@ -59,7 +59,7 @@ def image_files(folder: str | os.PathLike, size: int | None = DEFAULT_CALIBRATIO
 def load_batch(files: list[Path], transform: EvalTransform, desc: str = "preprocessing") -> np.ndarray:
     """N x 3 x R x R float32 through ``transform``; unreadable files are skipped with one warning."""
     arrays, bad = [], []
-    for path in tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 20):
+    for path in tqdm(files, desc=desc, unit="img", leave=False, disable=None if len(files) >= 20 else True):
         try:
             arrays.append(transform(load_image(path)).numpy())
         except ImageError as e:
@@ -71,11 +71,11 @@ def load_batch(files: list[Path], transform: EvalTransform, desc: str = "preproc
     return np.stack(arrays)
 
 
-def calibration_images(folder: str | os.PathLike, resolution: int, crop_fraction: float = 0.875,
+def calibration_images(folder: str | os.PathLike, transform: EvalTransform,
                        size: int | None = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> np.ndarray:  # fmt: skip
-    """Calibration batch from ``folder``: the model's own eval preprocessing, N x 3 x R x R float32."""
+    """Calibration batch from ``folder`` through the model's own eval ``transform`` (`EvalTransform.from_cfg`)."""
     files = image_files(folder, size, seed)
-    return load_batch(files, EvalTransform(resolution, crop_fraction), desc="calibration images")
+    return load_batch(files, transform, desc="calibration images")
 
 
 # --- PT2E (LiteRT): MobileNet-aware annotation ------------------------------------------------

@@ -1,9 +1,12 @@
-"""Small shared helpers: the cache folder and atomic file writes."""
+"""Small shared helpers: the cache folder, atomic writes, file digests, machine identity, quiet native code."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import platform
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,3 +38,83 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_key(path: str | os.PathLike) -> str:
+    """A short content key for caches (the first 16 hex digits of the file's sha256)."""
+    return sha256_file(path)[:16]
+
+
+# instruction sets that change which backend is fastest and by how much (VNNI: int8 dot products;
+# native bf16: what OpenVINO and autocast do)
+MACHINE_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_id() -> str:
+    """CPU model, count and the instruction sets that matter: what latency measurements are only valid for.
+
+    Cloud CPUs often report only a family name ("AMD EPYC"), shared by machines with and
+    without AVX-512; the flags keep their measurements and `auto` choices apart.
+    """
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    isa = [f for f in MACHINE_ISA if f in cpu_flags()]
+    return f"{cpu} x{os.cpu_count()}" + (f" ({','.join(isa)})" if isa else "")
+
+
+@contextlib.contextmanager
+def quiet_native(replay: bool = True) -> Iterator[None]:
+    """Silence C++/absl output written straight to fds 1 and 2; replay it if the block fails (``replay``).
+
+    This redirects the file descriptors of the whole process, so it is for the CLI and for
+    one-off conversions only; never around calls a server makes from several threads.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            if replay:
+                log.seek(0)
+                sys.stderr.write(log.read()[-4000:].decode("utf-8", "replace"))
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

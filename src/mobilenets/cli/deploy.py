@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="full-integer int8, statically calibrated on --calibration")
     p.add_argument("--calibration", help="folder of images to calibrate on (yours, never the evaluation set)")
     p.add_argument("--calibration-size", type=int, default=200, help="images drawn from --calibration (default 200)")
-    p.add_argument("--input-type", choices=("int8", "uint8"), default="int8", help="int8 .tflite input type")
+    p.add_argument("--input-type", choices=("int8", "uint8"), default="uint8",
+                   help="int8 .tflite input type (default uint8: what MediaPipe and the Task Library take)")
     p.add_argument("--images", help="folder of images for the parity report (default: the calibration images)")
-    p.add_argument("--crop", type=float, default=0.875, help="central crop fraction recorded in the artifact")
+    p.add_argument("--crop", type=float, help="central crop fraction recorded in the artifact (default: the weights')")
     p.add_argument("-o", "--output", required=True, help="artifact to write")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_export)
@@ -60,11 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..auto import build_torch_model
+    from ..data.transforms import EvalTransform
     from ..export import export_model
     from ..quantize import calibration_images, load_batch
-    from ..runtime import _torch_model
+    from ..utils import quiet_native
 
-    if not 0 < args.crop <= 1:
+    if args.crop is not None and not 0 < args.crop <= 1:
         raise ConfigError(f"--crop must be in (0, 1], got {args.crop}")
     if args.calibration_size < 1:
         raise ConfigError(f"--calibration-size must be >= 1, got {args.calibration_size}")
@@ -72,26 +75,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--int8 needs --calibration DIR (a folder of your images; never the evaluation set)")
     if args.calibration and not args.int8:
         raise ConfigError("--calibration is for --int8 exports (parity images go to --images)")
-    if args.input_type == "uint8" and not (args.int8 and args.format == "tflite"):
-        raise ConfigError("--input-type uint8 is for --int8 .tflite exports (an int8 .onnx takes float input)")
     _require_exporter(args.format)
-    model, _, resolution = _torch_model(args.model, args.weights, args.resolution)
+    model = build_torch_model(args.model, args.weights, args.resolution)
+    cfg = model.pretrained_cfg if args.crop is None else model.pretrained_cfg.replace(crop_fraction=args.crop)
+    transform = EvalTransform.from_cfg(cfg)
     calibration = None
     if args.int8:
-        calibration = calibration_images(args.calibration, resolution, args.crop, args.calibration_size)
+        calibration = calibration_images(args.calibration, transform, args.calibration_size)
     images, source = None, "images"
     if args.images:
-        from ..data.transforms import EvalTransform
         from ..quantize import image_files
 
-        images = load_batch(image_files(args.images, size=None, purpose="check parity on"),
-                            EvalTransform(resolution, args.crop))  # fmt: skip
+        images = load_batch(image_files(args.images, size=None, purpose="check parity on"), transform)
         source = f"images from {args.images}"
     print(f"mobilenets: exporting {model.name} to {args.output} ({args.format}, {'int8' if args.int8 else 'float'})...",
           file=sys.stderr)  # fmt: skip
-    result = export_model(model, args.format, args.output, resolution=resolution, calibration=calibration,
-                          input_dtype=args.input_type, parity_images=images, parity_source=source,
-                          crop_fraction=args.crop)  # fmt: skip
+    with quiet_native():  # the converters log on fds 1/2
+        result = export_model(model, args.format, args.output, calibration=calibration, input_dtype=args.input_type,
+                              parity_images=images, parity_source=source, crop_fraction=args.crop)  # fmt: skip
     if args.json:
         print_json(result.as_dict())
     else:
@@ -145,7 +146,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if len({_res(m) for m in models}) > 1:
             raise ConfigError("--calibration with several resolutions: bench one resolution at a time")
-        calibration = calibration_images(args.calibration, _res(models[0]), size=32)
+        from ..data.transforms import EvalTransform
+
+        calibration = calibration_images(args.calibration, EvalTransform(_res(models[0])), size=32)
     rows = []
     for batch in args.batch:
         rows += run_bench(models, backends, [False, True] if args.int8 else [False], args.threads, batch, args.runs,

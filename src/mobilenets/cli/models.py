@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..models.registry import create_model, get_spec, list_models, mobilenet_v1
+from ..builder import create_model
+from ..models.registry import get_spec, list_models, mobilenet_v1
 from ..profile import profile_model
-from ..weights.catalog import seed_table
 from ._common import format_table, positive_float, print_json, resolution_int
 
 
@@ -40,7 +40,7 @@ def table_rows() -> list[dict]:
     for name in list_models():
         spec = get_spec(name)
         prof = profile_model(create_model(name), spec.resolution)
-        pub = seed_table(name)
+        pub = spec.paper
         rows.append(
             {
                 "name": name,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import Predictor, load_predictor
-from ..utils import atomic_write
+from ..auto import CHOICES, load_predictor
+from ..runtime import Predictor
+from ..utils import atomic_write, quiet_native
 from ._common import print_json, resolution_int
 
 DEFAULT_MODEL = "mobilenet_v1_1.0_224"
@@ -19,24 +20,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help=f"registered name (default {DEFAULT_MODEL}, or read from --weights)")
     g.add_argument("--weights", help="'imagenet' (official, downloaded once) or a file: .safetensors, .tflite, "
                    ".ckpt, .h5, .tgz, or an exported artifact")  # fmt: skip
-    g.add_argument("--backend", default="torch", help="torch (default), onnxruntime, litert, openvino or auto")
+    g.add_argument("--backend", choices=CHOICES, help="default: follows the file (.tflite: litert, .onnx: "
+                   "onnxruntime, weights: auto, the fastest installed)")  # fmt: skip
     g.add_argument("--resolution", type=resolution_int, help="input size (default: the model's)")
-    g.add_argument(
-        "--crop", type=float, default=0.875, help="central crop fraction before resizing (1.0 = whole image)"
-    )
+    g.add_argument("--crop", type=float, help="central crop fraction before resizing (default: the weights' own; "
+                   "1.0 = whole image)")  # fmt: skip
     g.add_argument("--threads", type=int, help="CPU threads for inference")
 
 
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
     from ..errors import ConfigError
 
-    if not 0 < args.crop <= 1:
+    if args.crop is not None and not 0 < args.crop <= 1:
         raise ConfigError(f"--crop must be in (0, 1], got {args.crop}")
     model, weights = args.model, args.weights
     if weights is None:
         model, weights = model or DEFAULT_MODEL, "imagenet"
-    return load_predictor(model=model, weights=weights, backend=args.backend, resolution=args.resolution,
-                          crop_fraction=args.crop, threads=args.threads)  # fmt: skip
+    with quiet_native():  # runtimes and exporters announce themselves on fds 1/2
+        return load_predictor(model=model, weights=weights, backend=args.backend, resolution=args.resolution,
+                              crop_fraction=args.crop, threads=args.threads)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,22 +84,35 @@ def _check_k(k: int, flag: str) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from ..data.images import load_image
-    from ..tasks.classify import classify_images
-    from ..tasks.embed import expand_images
+    from ..tasks import Skipped, check_task, expand_images, preprocess_batches
+    from ..tasks.classify import classify_batch
 
     _check_k(args.top_k, "--top-k")
     paths = expand_images(args.images)
-    images = [load_image(path) for path in paths]  # a bad image fails before the weights load
     predictor = predictor_from_args(args)
-    for path, preds in zip(paths, classify_images(predictor, images, args.top_k, args.show_background)):
-        if args.json:
-            print_json({"image": str(path), "predictions": [p.as_dict() for p in preds]})
-        else:
-            print(path)
-            for p in preds:
-                print(f"  {p.score:7.4f}  {p.label}  [{p.index}]")
-    return 0
+    check_task(predictor, "classify")
+    skipped = Skipped([])
+    for batch_paths, batch in preprocess_batches(paths, predictor.transform, 8, strict=len(paths) == 1, skipped=skipped):
+        for path, preds in zip(batch_paths, classify_batch(predictor, batch, args.top_k, args.show_background)):
+            if args.json:
+                print_json({"image": str(path), "predictions": [p.as_dict() for p in preds], **predictor.describe()})
+            else:
+                print(path)
+                for p in preds:
+                    print(f"  {p.score:7.4f}  {p.label}  [{p.index}]")
+    return report_skipped(skipped, len(paths))
+
+
+def report_skipped(skipped, total: int) -> int:  # noqa: ANN001 (tasks.Skipped)
+    """Warn about unreadable images (one line); exit 2 when none could be read."""
+    import sys
+
+    if not skipped.count:
+        return 0
+    path, reason = skipped.errors[0]
+    print(f"mobilenets: warning: skipped {skipped.count} of {total} image(s) that could not be read; first: {reason}",
+          file=sys.stderr)  # fmt: skip
+    return 2 if skipped.count == total else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -117,7 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from ..data.images import load_image
-    from ..tasks.embed import embed_images, expand_images
+    from ..tasks import expand_images
+    from ..tasks.embed import embed_images
 
     paths = expand_images(args.images)
     for p in paths:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..models.registry import CATALOG
+from ..utils import sha256_file
 from ..weights import build_model, check_fits, read_weights, save_weights
-from ..weights.cache import fetch_official, sha256_file
-from ..weights.catalog import CATALOG
+from ..weights.cache import fetch_official
 from ._common import resolution_int
 
-# Keys of a source's metadata that describe the weights themselves; the rest is recomputed.
-_CARRIED = ("name", "published", "preprocessing", "input_quantization", "quantized", "ema", "archive_member")
+# Keys of a source's metadata that describe how it was read; carried into the new file's header.
+_CARRIED = ("input_quantization", "ema", "archive_member", "format")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,12 +52,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     cfg = model.pretrained_cfg
     # For a checkpoint prefix the digest is its .index, which pins every tensor by CRC32C.
     digest_of = path if path.is_file() else path.with_name(path.name + ".index")
-    sha256 = w.meta.get("sha256") or sha256_file(digest_of)
+    sha256 = cfg.sha256 or sha256_file(digest_of)
     fmt = w.meta.get("format", w.format) if w.format == "safetensors" else w.format
     meta = {k: w.meta[k] for k in _CARRIED if w.meta.get(k) is not None}
-    save_weights(model, args.output, **meta, source=w.source, format=fmt, sha256=sha256, labels=cfg["labels"])
+    save_weights(model, args.output, **{**meta, "format": fmt}, source=cfg.source or w.source, sha256=sha256)
     print(
         f"wrote {args.output}: MobileNet v1 alpha={w.alpha:g}, {w.num_classes} classes, "
-        f"resolution {cfg['resolution']}, from {fmt} {w.source} (sha256 {sha256[:12]})"
+        f"resolution {cfg.resolution}, from {fmt} {w.source} (sha256 {sha256[:12]})"
     )
     return 0

@@ -1,11 +1,14 @@
 """Preprocessing: the reference eval transform (TF1 inception eval) and a fast Pillow one.
 
 The official MobileNet v1 numbers were measured with TF-Slim's ``preprocess_for_eval``:
-decode to float in [0, 1], ``tf.image.central_crop(0.875)``, ``tf.image.resize_bilinear``
-with TF1 semantics (``align_corners=False``, no half-pixel centres, no antialias), then
-``(x - 0.5) * 2``. Pillow's bilinear resize antialiases when shrinking and samples at
-pixel centres; that moves top-1 by 1-4 points, so `EvalTransform` reproduces TF exactly
-and `PillowEvalTransform` is offered, under that name, only for speed.
+decode the JPEG as ``tf.image.decode_jpeg`` does (libjpeg's fast integer DCT), convert to
+float in [0, 1], ``tf.image.central_crop`` (the weights' crop fraction),
+``tf.image.resize_bilinear`` with TF1 semantics (``align_corners=False``, no half-pixel
+centres, no antialias), then ``(x - mean) / std``. Pillow's bilinear resize antialiases
+when shrinking and samples at pixel centres; that moves top-1 by 1-4 points, so
+`EvalTransform` reproduces TF exactly and `PillowEvalTransform` is offered, under that
+name, only for speed. ``EvalTransform.from_cfg(cfg)`` builds the transform a
+`PretrainedCfg` describes; the defaults are TF-Slim's eval contract.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.cfg import INCEPTION_MEAN, INCEPTION_STD, SLIM_EVAL_CROP
 from .images import load_image
 
 # TF's convert_image_dtype multiplies by the float32 constant 1/255.
@@ -71,26 +75,36 @@ class EvalTransform:
 
     Args:
         resolution: output side.
-        crop_fraction: central crop kept before resizing (0.875 for the official
-            numbers; 1.0 resizes the whole image, as the TFLite demo apps do).
-        mean, std: applied to [0, 1] values; (0.5, 0.5) gives [-1, 1] (inception).
+        crop_fraction: central crop kept before resizing (TF-Slim's eval crop for the
+            official numbers; 1.0 resizes the whole image, as the TFLite demo apps do).
+        mean, std: per channel (or one for all), applied to [0, 1] values.
+        decode: how a path or bytes is decoded ("tf": as ``tf.image.decode_jpeg``; "pillow").
     """
 
     resolution: int = 224
-    crop_fraction: float = 0.875
-    mean: float = 0.5
-    std: float = 0.5
+    crop_fraction: float = SLIM_EVAL_CROP
+    mean: tuple[float, ...] | float = INCEPTION_MEAN
+    std: tuple[float, ...] | float = INCEPTION_STD
+    decode: str = "tf"
 
-    def to_array(self, img: Image.Image | str | os.PathLike) -> np.ndarray:
+    @classmethod
+    def from_cfg(cls, cfg) -> EvalTransform:  # noqa: ANN001 (a models.cfg.PretrainedCfg)
+        """The transform a `PretrainedCfg` describes (its resize method picks the class)."""
+        kind = PillowEvalTransform if cfg.resize == "pillow_bilinear" else EvalTransform
+        return kind(cfg.resolution, cfg.crop_fraction, tuple(cfg.mean), tuple(cfg.std), cfg.decode)
+
+    def load(self, img: Image.Image | str | os.PathLike | bytes) -> Image.Image:
+        """An RGB image from a PIL image, a path or encoded bytes (decoded as ``decode`` says)."""
+        return img if isinstance(img, Image.Image) else load_image(img, decode=self.decode)
+
+    def to_array(self, img: Image.Image | str | os.PathLike | bytes) -> np.ndarray:
         """HxWx3 float32 after crop and resize, still in [0, 1] (for uint8 runtimes)."""
-        if not isinstance(img, Image.Image):
-            img = load_image(img)
-        x = np.asarray(img, dtype=np.uint8)
+        x = np.asarray(self.load(img), dtype=np.uint8)
         top, left, h, w = tf_central_crop_box(x.shape[0], x.shape[1], self.crop_fraction)
         return tf1_resize_bilinear(x[top : top + h, left : left + w], self.resolution, self.resolution)
 
-    def __call__(self, img: Image.Image | str | os.PathLike) -> torch.Tensor:
-        x = (self.to_array(img) - np.float32(self.mean)) / np.float32(self.std)
+    def __call__(self, img: Image.Image | str | os.PathLike | bytes) -> torch.Tensor:
+        x = (self.to_array(img) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
@@ -98,9 +112,10 @@ class EvalTransform:
 class PillowEvalTransform(EvalTransform):
     """Fast approximation: Pillow's crop and (antialiased) bilinear resize. Not the reference."""
 
-    def to_array(self, img: Image.Image | str | os.PathLike) -> np.ndarray:
-        if not isinstance(img, Image.Image):
-            img = load_image(img)
+    decode: str = "pillow"
+
+    def to_array(self, img: Image.Image | str | os.PathLike | bytes) -> np.ndarray:
+        img = self.load(img)
         top, left, h, w = tf_central_crop_box(img.height, img.width, self.crop_fraction)
         img = img.crop((left, top, left + w, top + h)).resize((self.resolution, self.resolution), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8).astype(np.float32) * _U8_SCALE

@@ -7,9 +7,10 @@ and TF 'SAME' padding inside each conv (the converter folds the constant pads of
 TRANSPOSE -> PAD -> TRANSPOSE in front of its conv, so `fold_same_padding` rewrites the
 flatbuffer: the conv reads the unpadded tensor with ``padding=SAME``, which is the same
 arithmetic (TF 'SAME' is defined as exactly that pad) and the int8 graph becomes
-op-for-op the shape of Google's. The input is int8 (or uint8 on request: one
-QUANTIZE uint8 -> int8 is put in front), the probabilities are float (softmax on the
-dequantized logits), the embedding is int8 with its scale.
+op-for-op the shape of Google's. The input is uint8 by default (one QUANTIZE uint8 ->
+int8 put in front: what MediaPipe Tasks and the TFLite Task Library accept) or int8 on
+request; the probabilities are float (softmax on the dequantized logits), the embedding
+is int8 with its scale. Each declared output of the model is one output tensor, in order.
 """
 
 from __future__ import annotations
@@ -23,29 +24,28 @@ import numpy as np
 import torch
 
 from ..errors import MobilenetsError
+from ..models.deploy import DeployModule
 from ..models.layers import same_pad_amounts
-from ..runtime import quiet_native
+from ..runtime.artifact import METADATA_KEY, ArtifactInfo
 from ..utils import atomic_write
-from .metadata import EMBEDDING, METADATA_KEY, PROBABILITIES, ArtifactInfo
-from .prepare import DeployModule
 
 
 def require_litert_torch():
-    """Import litert-torch (quietly: it logs on import), or say which extra installs it."""
+    """Import litert-torch, or say which extra installs it."""
     try:
-        with quiet_native():
-            import litert_torch
+        import litert_torch
     except ImportError:
         raise MobilenetsError("exporting to .tflite needs litert-torch: pip install 'mobilenets[litert]'") from None
     return litert_torch
 
 
-def convert_tflite(model: torch.nn.Module, resolution: int, calibration: np.ndarray | None = None) -> bytes:
+def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], calibration: np.ndarray | None = None) -> bytes:
     """The ``.tflite`` flatbuffer of ``model`` (NHWC input): float, or int8 when ``calibration`` is given."""
     litert_torch = require_litert_torch()
-    deploy = DeployModule(model, resolution, channels_last=True).eval()
-    example = np.zeros((1, resolution, resolution, 3), np.float32)
-    with tempfile.TemporaryDirectory() as tmp, quiet_native():
+    deploy = DeployModule(model, input_size, channels_last=True).eval()
+    c, h, w = input_size
+    example = np.zeros((1, h, w, c), np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
         if calibration is None:
             edge = litert_torch.convert(deploy, (torch.from_numpy(example),))
         else:
@@ -53,7 +53,7 @@ def convert_tflite(model: torch.nn.Module, resolution: int, calibration: np.ndar
 
             from ..quantize import pt2e_calibrate
 
-            graph, quantizer = pt2e_calibrate(deploy, np.zeros((2, resolution, resolution, 3), np.float32), calibration)
+            graph, quantizer = pt2e_calibrate(deploy, np.zeros((2, h, w, c), np.float32), calibration)
             edge = litert_torch.convert(graph, (torch.from_numpy(example),), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         path = Path(tmp) / "model.tflite"
         edge.export(str(path))
@@ -195,9 +195,9 @@ def add_metadata(fb: _Flatbuffer, name: str, payload: bytes) -> None:
 
 
 def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
-                  calibration: np.ndarray | None = None, input_dtype: str = "int8") -> ArtifactInfo:  # fmt: skip
+                  calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
     """Write ``model`` as ``.tflite`` (int8 when ``calibration`` is given) with ``info`` inside; returns the final info."""
-    fb = _Flatbuffer(convert_tflite(model, info.resolution, calibration))
+    fb = _Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
     fold_same_padding(fb)
     sg = fb.sg
     tin = sg.tensors[sg.inputs[0]]
@@ -215,8 +215,15 @@ def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: Artifact
             info.input_quantization = uint8_input(fb)
             info.input_dtype = "uint8"
     names = [sg.tensors[i].name.decode() for i in sg.outputs]
-    info.outputs = {PROBABILITIES: names[0], EMBEDDING: names[1]}
+    if len(names) != len(info.outputs):
+        raise MobilenetsError(f"the converted graph has {len(names)} outputs for {len(info.outputs)} declared ones")
+    info.tensors = {spec.name: name for spec, name in zip(info.outputs, names)}
     add_metadata(fb, METADATA_KEY, info.to_json().encode())
+    data = fb.serialize()
+    if info.cfg.task in ("classify", "embed"):
+        from .tflite_metadata import standard_metadata
+
+        data = standard_metadata(data, info)  # what MediaPipe Tasks and the TFLite Task Library read
     with atomic_write(out) as tmp:
-        tmp.write_bytes(fb.serialize())
+        tmp.write_bytes(data)
     return info

@@ -1,11 +1,12 @@
 """Export to ONNX through ``torch.onnx``: float, or int8 QDQ statically calibrated.
 
-`DeployModule` is traced (TorchScript exporter, opset 17, dynamic batch), then ONNX
-Runtime's basic graph optimizations fold the constant TF 'SAME' pads into the convs'
-``pads`` attribute (ONNX convs take asymmetric padding natively) and constant-fold the
-rest: the float graph is 28 Conv, 27 Clip, one pool, flatten and softmax. Int8 is QDQ
-(`quantize.ort_quantize`): per-channel int8 weights, uint8 activations, min/max
-calibration on the user's images. The metadata rides in ``metadata_props``.
+`DeployModule` is traced (TorchScript exporter, opset 17, dynamic batch; one graph output
+per declared output, under its name), then ONNX Runtime's basic graph optimizations fold
+the constant TF 'SAME' pads into the convs' ``pads`` attribute (ONNX convs take
+asymmetric padding natively) and constant-fold the rest: a float MobileNet v1 classifier
+is 28 Conv, 27 Clip, one pool, flatten and softmax. Int8 is QDQ (`quantize.ort_quantize`):
+per-channel int8 weights, uint8 activations, min/max calibration on the user's images.
+The metadata rides in ``metadata_props``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 
 from ..errors import MobilenetsError
+from ..models.deploy import DeployModule
+from ..runtime.artifact import METADATA_KEY, ArtifactInfo
 from ..utils import atomic_write
-from .metadata import EMBEDDING, METADATA_KEY, PROBABILITIES, ArtifactInfo
-from .prepare import DeployModule
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -39,23 +40,24 @@ def require_onnx():
     return onnx, onnxruntime
 
 
-def export_float_onnx(model: torch.nn.Module, resolution: int, out: str | os.PathLike) -> None:
-    """Trace ``model`` to ``out`` and let ONNX Runtime fold pads and constants (basic level, layout-neutral)."""
+def export_float_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], out: str | os.PathLike) -> list[str]:
+    """Trace ``model`` to ``out`` and let ONNX Runtime fold pads and constants; returns the output names."""
     _, ort = require_onnx()
-    deploy = DeployModule(model, resolution).eval()
+    deploy = DeployModule(model, input_size).eval()
+    names = list(deploy.names)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(
-                deploy, (torch.zeros(1, 3, resolution, resolution),), str(raw), input_names=[INPUT_NAME],
-                output_names=[PROBABILITIES, EMBEDDING], opset_version=OPSET, dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, PROBABILITIES: {0: "batch"}, EMBEDDING: {0: "batch"}},
+                deploy, (torch.zeros(1, *input_size),), str(raw), input_names=[INPUT_NAME], output_names=names,
+                opset_version=OPSET, dynamo=False, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *names]},
             )  # fmt: skip
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(out)
         ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
+    return names
 
 
 def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
@@ -63,10 +65,10 @@ def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactIn
     """Write ``model`` as ``.onnx`` (int8 QDQ when ``calibration`` is given) with ``info`` inside."""
     onnx, _ = require_onnx()
     info.layout, info.int8, info.input_dtype, info.input_quantization = "NCHW", calibration is not None, "float32", None
-    info.outputs = {PROBABILITIES: PROBABILITIES, EMBEDDING: EMBEDDING}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.onnx"
-        export_float_onnx(model, info.resolution, path)
+        names = export_float_onnx(model, info.cfg.input_size, path)
+        info.tensors = {n: n for n in names}
         if calibration is not None:
             from ..quantize import ORT_SETTINGS, ort_quantize
 

@@ -91,7 +91,10 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 
 class ConvBnAct(nn.Module):
-    """conv (no bias) -> BatchNorm -> ReLU6: one TF-Slim ``Conv2d_*`` scope."""
+    """conv (no bias) -> BatchNorm -> ReLU6 (or no activation: ``act=False``): one TF-Slim conv scope.
+
+    `models.deploy.fuse_for_inference` folds every ConvBnAct of any model into one conv.
+    """
 
     def __init__(
         self,
@@ -102,12 +105,13 @@ class ConvBnAct(nn.Module):
         dilation: int = 1,
         depthwise: bool = False,
         padding: Padding = "same",
+        act: bool = True,
     ) -> None:
         super().__init__()
         groups = in_ch if depthwise else 1
         self.conv = make_conv(in_ch, out_ch, kernel, stride, dilation, groups, padding=padding)
         self.bn = BatchNorm2d(out_ch)
-        self.act = nn.ReLU6(inplace=True)
+        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .cfg import OutputSpec
 from .layers import ConvBnAct, Padding, make_conv
 
 
@@ -179,6 +180,10 @@ class MobileNetV1(nn.Module):
         validate_config(self.alpha, MIN_RESOLUTION, num_classes)
         self.num_classes = num_classes
         self.classifier = self._make_classifier(num_classes)
+        cfg = getattr(self, "pretrained_cfg", None)
+        if cfg is not None:  # a new head: the old classes, labels and metrics no longer describe it
+            self.pretrained_cfg = cfg.replace(num_classes=num_classes, task="classify" if num_classes else "embed",
+                                              labels=None, label_offset=0, metrics={})  # fmt: skip
         ref = next(self.features.parameters())
         self.classifier.to(device=ref.device, dtype=ref.dtype)
         for m in self.classifier.modules():
@@ -200,6 +205,24 @@ class MobileNetV1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # --- the task surface: declared outputs and inference ------------------------------
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        """What `predict` returns: class probabilities (when there is a classifier) and the pooled embedding."""
+        emb = OutputSpec("embedding", (-1, self.num_features), meaning="pooled pre-logits features")
+        if self.num_classes == 0:
+            return (emb,)
+        return (OutputSpec("probabilities", (-1, self.num_classes), meaning="softmax over the classes"), emb)
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode inference: ``{output name: tensor}`` for every entry of `outputs`."""
+        pooled = self.global_pool(self.forward_features(x))
+        out = {"embedding": pooled.flatten(1)}
+        if self.num_classes:
+            out = {"probabilities": self.classifier(pooled).flatten(1).softmax(1), **out}
+        return out
+
     def forward_endpoints(self, x: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Intermediate maps by TF-Slim endpoint name (all of them when ``names`` is None)."""
         known = self.endpoint_names
@@ -216,6 +239,46 @@ class MobileNetV1(nn.Module):
             if name in wanted:
                 out[name] = x
         return out
+
+
+# --- multi-scale features for detection and segmentation heads --------------------------
+
+# The stages of the body: the last layer before each stride change, by TF-Slim endpoint name.
+STAGE_ENDPOINTS = ("Conv2d_1_pointwise", "Conv2d_3_pointwise", "Conv2d_5_pointwise", "Conv2d_11_pointwise",
+                   "Conv2d_13_pointwise")  # fmt: skip
+
+
+class MobileNetV1Features(nn.Module):
+    """The body of a `MobileNetV1` returning the maps of ``out_indices`` (stages of `STAGE_ENDPOINTS`).
+
+    ``feature_info`` has one entry per returned map: channels (``num_chs``), ``reduction``
+    (input side / map side, which stops growing at the output stride) and the TF-Slim
+    endpoint ``name``. State-dict keys are those of `MobileNetV1` without the classifier.
+    """
+
+    def __init__(self, model: MobileNetV1, out_indices: Iterable[int] = (0, 1, 2, 3, 4)) -> None:
+        super().__init__()
+        out_indices = tuple(out_indices)
+        bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < len(STAGE_ENDPOINTS)]
+        if bad or not out_indices:
+            raise ConfigError(f"out_indices must be stage numbers 0-{len(STAGE_ENDPOINTS) - 1}, got {out_indices}")
+        self.features = model.features
+        self.alpha, self.output_stride, self.out_indices = model.alpha, model.output_stride, out_indices
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        by_name = {info["name"]: info for info in model.feature_info}
+        self.feature_info = [dict(by_name[STAGE_ENDPOINTS[i]], stage=i) for i in out_indices]
+        self._wanted = {info["name"]: k for k, info in enumerate(self.feature_info)}
+        self._last = max(model.endpoint_names.index(STAGE_ENDPOINTS[i]) for i in out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(self.feature_info)
+        for i, (name, layer) in enumerate(self.features.named_children()):
+            if i > self._last:
+                break
+            x = layer(x)
+            if name in self._wanted:
+                out[self._wanted[name]] = x
+        return out  # type: ignore[return-value]
 
 
 # --- the TF-Slim variable map, as data -------------------------------------------------

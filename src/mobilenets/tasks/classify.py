@@ -3,7 +3,11 @@
 Official weights have 1001 outputs with index 0 = TF's 'background' class. Predictions
 report the model's own output index (Google's convention: cheeseburger is 934), never
 show background unless asked, and evaluation maps dataset class ``i`` (sorted-wnid order)
-to output ``i + 1`` for such models.
+to output ``i + cfg.label_offset`` (1 for such models).
+
+One label-index convention everywhere: an index printed by ``classify`` is the model's
+output index; a labels file for ``evaluate`` gives dataset indices 0..999 (sorted-wnid
+order, like the ImageNet devkit) or wnids/names, never output indices.
 """
 
 from __future__ import annotations
@@ -41,12 +45,18 @@ def top_k(predictor: Predictor, probs: np.ndarray, k: int, show_background: bool
     return [Prediction(int(i), predictor.label(int(i)), float(probs[i])) for i in order[:k]]
 
 
-def classify_images(predictor: Predictor, images: list[Image.Image | str | os.PathLike], k: int = 5,
+def classify_images(predictor: Predictor, images: list[Image.Image | str | os.PathLike | bytes], k: int = 5,
                     show_background: bool = False) -> list[list[Prediction]]:  # fmt: skip
-    """Top-``k`` predictions for each image (PIL image or path), in order. Bad files raise `ImageError`."""
+    """Top-``k`` predictions for each image (PIL image, path or encoded bytes), in order. Bad files raise `ImageError`."""
     transform = predictor.transform
     return [top_k(predictor, predictor.probabilities(transform(img)[None].numpy())[0], k, show_background)
             for img in images]  # fmt: skip
+
+
+def classify_batch(predictor: Predictor, batch: np.ndarray, k: int = 5,
+                   show_background: bool = False) -> list[list[Prediction]]:  # fmt: skip
+    """Top-``k`` predictions for each row of a preprocessed batch."""
+    return [top_k(predictor, probs, k, show_background) for probs in predictor.probabilities(batch)]
 
 
 @dataclass(frozen=True)
@@ -63,16 +73,16 @@ class EvalResult:
 
 
 def label_offset(predictor: Predictor, imagenet: bool, dataset_classes: int) -> int:
-    """How dataset class indices map to model outputs (ImageNet class i -> output i + 1 with background)."""
+    """How dataset class indices map to model outputs (the weights' ``label_offset``: 1 with background)."""
+    offset = predictor.cfg.label_offset
     if imagenet:
-        if predictor.num_classes == 1001:
-            return 1
-        if predictor.num_classes == 1000:
-            return 0
-        raise MobilenetsError(f"{predictor.name} has {predictor.num_classes} classes; ImageNet labels need 1000 or 1001")
-    if predictor.num_classes != dataset_classes:
+        if predictor.num_classes - offset != 1000:
+            raise MobilenetsError(f"{predictor.name} has {predictor.num_classes} classes; ImageNet labels need 1000 "
+                                  "(or 1001 with background)")  # fmt: skip
+        return offset
+    if predictor.num_classes - offset != dataset_classes:
         raise MobilenetsError(f"the data has {dataset_classes} classes but {predictor.name} has {predictor.num_classes}")
-    return 0
+    return offset
 
 
 def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
@@ -80,7 +90,7 @@ def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str
     """Top-1/top-5 accuracy of ``predictor`` on a labelled folder (see `open_dataset` for layouts)."""
     # A fine-tuned model's class names fix which folder is which output.
     custom = predictor.num_classes not in (1000, 1001) and predictor.labels
-    data = open_dataset(data_dir, labels_file, classes=list(predictor.labels) if custom else None)
+    data = open_dataset(data_dir, labels_file, classes=list(predictor.labels)[predictor.cfg.label_offset:] if custom else None)
     offset = label_offset(predictor, data.imagenet, len(data.classes))
     if limit is not None:
         if limit <= 0:

@@ -16,25 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.images import is_image_file, load_image
 from ..errors import MobilenetsError
 from ..runtime import Predictor
 from ..utils import atomic_write, cache_dir
-
-
-def expand_images(items: list[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders expand to their image files (sorted, recursive)."""
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f) and not f.name.startswith("."))
-            if not found:
-                raise MobilenetsError(f"{p}: folder has no images")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
+from . import expand_images
 
 
 def embed_images(predictor: Predictor, paths: list[Path], l2: bool = False, batch_size: int = 16,
@@ -44,7 +29,7 @@ def embed_images(predictor: Predictor, paths: list[Path], l2: bool = False, batc
     chunks = []
     with tqdm(total=len(paths), unit="img", desc="embed", disable=not progress, file=sys.stderr) as bar:
         for i in range(0, len(paths), batch_size):
-            batch = np.stack([transform(load_image(p)).numpy() for p in paths[i : i + batch_size]])
+            batch = np.stack([transform(p).numpy() for p in paths[i : i + batch_size]])
             chunks.append(predictor.embed(batch).astype(np.float32))
             bar.update(len(batch))
     emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)

@@ -10,6 +10,7 @@ Supported sources (format detected from the content, not trusted from the name):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,12 +20,13 @@ from typing import Any
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
+from ..models.cfg import PretrainedCfg
 
 
 @dataclass
 class LoadedWeights:
-    """A state dict in our naming plus what the source says about it."""
+    """A state dict in our naming plus what the source says about it (`cfg`: the full contract)."""
 
     state_dict: dict[str, torch.Tensor]
     alpha: float
@@ -34,6 +36,7 @@ class LoadedWeights:
     format: str  # safetensors | tflite-float | tflite-quant | slim-ckpt | keras-h5
     labels: list[str] | None = None  # class names, when the file carries them
     meta: dict[str, Any] = field(default_factory=dict)
+    cfg: PretrainedCfg | None = None  # set by `read_weights` (`contract_of`) when the reader gives none
 
 
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -53,8 +56,15 @@ def infer_alpha(state: dict[str, torch.Tensor], source: str | os.PathLike) -> fl
 
 
 def read_weights(path: str | os.PathLike) -> LoadedWeights:
-    """Read any supported weights file; `WeightsError` names the problem otherwise."""
-    path = Path(path)
+    """Read any supported weights file, with its contract in ``.cfg``; `WeightsError` names the problem otherwise."""
+    w = _read(Path(path))
+    check_finite(w.state_dict, path)
+    if w.cfg is None:
+        w.cfg = contract_of(w)
+    return w
+
+
+def _read(path: Path) -> LoadedWeights:
     is_ckpt = path.name.endswith((".ckpt", ".index")) or _DATA_SHARD.search(path.name)
     if is_ckpt or (not path.exists() and Path(f"{path}.index").is_file()):  # also model.ckpt-1234
         from .slim_ckpt import read_slim_checkpoint
@@ -64,8 +74,11 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
         raise WeightsError(f"{path}: no such file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory; give the weights file inside it")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
     if head[4:8] == b"TFL3":
         from .tflite import read_tflite
 
@@ -83,83 +96,150 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
     raise WeightsError(f"{path}: unrecognised weights format")
 
 
+# --- the contract ------------------------------------------------------------------------
+
+
+def contract_of(w: LoadedWeights) -> PretrainedCfg:
+    """The `PretrainedCfg` of weights whose file records none: the release's conventions plus what the file says."""
+    from ..data.labels import imagenet_labels
+    from ..models.registry import default_cfg
+
+    cfg = default_cfg(w.alpha, w.resolution or 224, w.num_classes)
+    labels = w.labels
+    if labels is None and w.num_classes in (1000, 1001):
+        labels = imagenet_labels(w.num_classes)
+    offset = 1 if labels and w.num_classes and str(labels[0]).strip().lower() == "background" else 0
+    # cfg.source: where the weights came from (``source`` in a file's header, else the file itself)
+    quant = "uint8-qat" if w.format == "tflite-quant" else None
+    return cfg.replace(labels=tuple(labels) if labels else None, label_offset=offset, quantization=quant,
+                       source=w.meta.get("source") or w.source, sha256=w.meta.get("sha256"))  # fmt: skip
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """`WeightsError` naming the first tensor holding NaN or Inf (a corrupt or diverged file)."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{source}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf): corrupt weights")
+
+
 # --- our own format ----------------------------------------------------------------------
 
 _META_KEY = "mobilenets"
+_CFG_KEY = "pretrained_cfg"
+_DIGEST_KEY = "tensors_sha256"
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
-    """Write ``model``'s state dict and its contract (alpha, classes, labels, ...) as safetensors, atomically."""
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike, **changes: Any) -> Path:
+    """Write ``model``'s state dict and its contract as safetensors, atomically.
+
+    ``changes`` update fields of ``model.pretrained_cfg`` (e.g. ``labels=...``, ``source=...``);
+    a digest of the tensor data is written beside it and checked by `read_weights`.
+    """
     from safetensors.torch import save_file
 
     from ..utils import atomic_write
 
-    info = {"alpha": getattr(model, "alpha", None), "num_classes": getattr(model, "num_classes", None),
-            "resolution": getattr(model, "default_resolution", None), **meta}  # fmt: skip
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, PretrainedCfg):
+        raise WeightsError(f"{type(model).__name__} has no pretrained_cfg to save with its weights")
+    known = {k: v for k, v in changes.items() if k in PretrainedCfg.__dataclass_fields__}
+    extra = {k: v for k, v in changes.items() if k not in known}
+    cfg = cfg.replace(**known) if known else cfg
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {_CFG_KEY: cfg.to_json(), _DIGEST_KEY: tensors_digest(tensors),
+              _META_KEY: json.dumps({"format_version": 2, **extra})}  # fmt: skip
     path = Path(path)
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(info)})
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 
 def read_safetensors(path: Path) -> LoadedWeights:
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable weights file ({e})") from None
-    info = json.loads(header.get(_META_KEY, "{}"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a readable weights file ({first})") from None
+    digest = header.get(_DIGEST_KEY)
+    if digest is not None and digest != tensors_digest(state):
+        raise WeightsError(f"{path}: tensor data does not match the digest in its header (corrupted file)")
+    try:
+        info = json.loads(header.get(_META_KEY, "{}"))
+        cfg = PretrainedCfg.from_json(header[_CFG_KEY]) if _CFG_KEY in header else None
+    except (ValueError, ConfigError) as e:
+        raise WeightsError(f"{path}: unreadable contract in the file's header ({e})") from None
+    if not isinstance(info, dict):
+        raise WeightsError(f"{path}: unreadable metadata in the file's header (not a JSON object)")
+    if cfg is not None and cfg.arch != "mobilenet_v1":
+        return LoadedWeights(state, float(cfg.arch_cfg.get("alpha", 1.0)), cfg.num_classes, cfg.resolution,
+                             str(path), "safetensors", list(cfg.labels) if cfg.labels else None, info, cfg)  # fmt: skip
     if "features.Conv2d_13_pointwise.conv.weight" not in state:
         raise WeightsError(f"{path}: not MobileNet v1 weights (no features.Conv2d_13_pointwise tensors)")
-    final = state["features.Conv2d_13_pointwise.conv.weight"].shape[0]
     num_classes = int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else 0
-    return LoadedWeights(
-        state_dict=state,
-        alpha=float(info.get("alpha") or final / 1024),
-        num_classes=num_classes,
-        resolution=info.get("resolution"),
-        source=info.get("source", str(path)),
-        format="safetensors",
-        labels=info.get("labels"),
-        meta=info,
-    )
+    alpha = infer_alpha(state, path)
+    if cfg is not None:
+        claimed = float(cfg.arch_cfg.get("alpha", alpha))
+        if abs(claimed - alpha) > 1e-6 or cfg.num_classes != num_classes:
+            raise WeightsError(f"{path}: header says alpha={claimed:g} with {cfg.num_classes} classes, but the "
+                               f"tensors are alpha={alpha:g} with {num_classes} classes")  # fmt: skip
+    labels = list(cfg.labels) if cfg is not None and cfg.labels else info.get("labels")
+    resolution = cfg.resolution if cfg is not None else info.get("resolution")
+    return LoadedWeights(state, alpha, num_classes, resolution, str(path), "safetensors", labels, info, cfg)
 
 
 # --- weights -> model ----------------------------------------------------------------------
 
 
+def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """`WeightsError` naming the first tensor whose shape differs from the model's."""
+    own = model.state_dict()
+    for name, t in state.items():
+        if name in own and tuple(own[name].shape) != tuple(t.shape):
+            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the model needs "
+                               f"{tuple(own[name].shape)}")  # fmt: skip
+
+
 def build_model(w: LoadedWeights, resolution: int | None = None, num_classes: int | None = None, **kwargs):
-    """A `MobileNetV1` holding ``w``; a different ``num_classes`` keeps the backbone and starts a fresh head."""
+    """A `MobileNetV1` holding ``w``, in eval mode; a different ``num_classes`` keeps the backbone and starts a fresh head."""
     from ..models.registry import mobilenet_v1
 
-    res = resolution or w.resolution or 224
+    cfg = w.cfg or contract_of(w)
+    res = resolution or w.resolution or cfg.resolution
     want = w.num_classes if num_classes is None else num_classes
-    model = mobilenet_v1(alpha=w.alpha, resolution=res, num_classes=want, **kwargs)
+    arch_kwargs = {k: v for k, v in cfg.arch_cfg.items() if k in ("min_depth", "padding")}
+    model = mobilenet_v1(alpha=w.alpha, resolution=res, num_classes=want, **{**arch_kwargs, **kwargs})
     state = dict(w.state_dict)
     if want != w.num_classes:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    check_shapes(model, state, w.source)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("classifier.") and want != w.num_classes)]
     if missing or unexpected:
         raise WeightsError(f"{w.source}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    labels = w.labels if want == w.num_classes else None
-    if labels is None and want in (1000, 1001) and want == w.num_classes:
-        from ..data.labels import imagenet_labels
-
-        labels = imagenet_labels(want)
-    model.pretrained_cfg = {
-        "source": w.source, "format": w.format, "labels": labels, "resolution": res,
-        "has_background": bool(labels) and labels[0].strip().lower() == "background",
-        **{k: v for k, v in w.meta.items() if k in ("sha256", "input_quantization", "preprocessing", "crop_fraction")},
-    }  # fmt: skip
-    return model
+    same_head = want == w.num_classes
+    model.pretrained_cfg = cfg.replace(
+        input_size=(3, res, res), num_classes=want, task="classify" if want else "embed",
+        arch_cfg={**cfg.arch_cfg, "alpha": w.alpha, **{k: v for k, v in kwargs.items() if k in ("output_stride", "padding")}},
+        labels=cfg.labels if same_head else None, label_offset=cfg.label_offset if same_head else 0,
+        metrics=cfg.metrics if same_head else {},
+    )  # fmt: skip
+    return model.eval()
 
 
 def check_fits(w: LoadedWeights, name: str, alpha: float | None = None, resolution: int | None = None) -> int:
@@ -180,20 +260,12 @@ def check_fits(w: LoadedWeights, name: str, alpha: float | None = None, resoluti
     return resolution or spec.resolution
 
 
-def load_pretrained(name: str, weights: str | os.PathLike, alpha: float | None = None,
-                    resolution: int | None = None, **overrides):  # fmt: skip
-    """``create_model(name, weights=...)``: check the file against the named config, then build."""
-    if str(weights) == "imagenet":
-        from .cache import fetch_official
-
-        weights = fetch_official(name)
-    w = read_weights(weights)
-    return build_model(w, resolution=check_fits(w, name, alpha, resolution), **overrides)
-
-
 def describe(w: LoadedWeights) -> dict[str, Any]:
     """A JSON-able summary of loaded weights (no tensors)."""
     d = asdict(w)
     d.pop("state_dict")
     d["labels"] = len(w.labels) if w.labels else None
+    d["cfg"] = w.cfg.as_dict() if w.cfg else None
+    if d["cfg"] and d["cfg"]["labels"]:
+        d["cfg"]["labels"] = len(d["cfg"]["labels"])
     return d

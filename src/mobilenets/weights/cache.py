@@ -17,17 +17,15 @@ file downloaded by hand is picked up.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import WeightsError
-from ..utils import cache_dir
-from .catalog import CATALOG, WeightsEntry
+from ..models.registry import CATALOG, WeightsEntry
+from ..utils import cache_dir, sha256_file
 
 CHUNK = 1 << 20
 RESUME_ATTEMPTS = 5
@@ -37,14 +35,6 @@ TIMEOUT_S = 30.0
 def download_path(url: str) -> Path:
     """Where the file behind ``url`` is kept (and where a copy downloaded by hand is picked up)."""
     return cache_dir() / "downloads" / url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DownloadError(Exception):
@@ -103,11 +93,10 @@ def _convert(entry: WeightsEntry, raw: Path, url: str, out: Path) -> Path:
     if abs(w.alpha - entry.alpha) > 1e-6:
         raise WeightsError(f"{raw}: has alpha={w.alpha:g}, but {entry.name} is alpha={entry.alpha:g}")
     model = build_model(w, resolution=entry.resolution)
-    cfg = model.pretrained_cfg
-    published = entry.published.as_dict() if entry.published else None
-    return save_weights(model, out, name=entry.name, source=url, sha256=sha256_file(raw), format=w.format,
-                        labels=cfg["labels"], quantized=entry.quantized, preprocessing=asdict(entry.preprocessing),
-                        published=published, input_quantization=w.meta.get("input_quantization"))  # fmt: skip
+    e = entry.cfg
+    return save_weights(model, out, metrics=e.metrics, tag=e.tag, recipe=e.recipe, quantization=e.quantization,
+                        url=url, source=url, sha256=sha256_file(raw), format=w.format,
+                        input_quantization=w.meta.get("input_quantization"))  # fmt: skip
 
 
 def fetch_official(name: str, progress: bool = True) -> Path:

@@ -44,7 +44,7 @@ def _tensor_type_to_numpy(schema) -> dict[int, np.dtype]:
             t.INT64: np.int64, t.INT16: np.int16}  # fmt: skip
 
 
-class _Graph:
+class TFLiteGraph:
     """Minimal read access to subgraph 0 of a TFLite model."""
 
     def __init__(self, path: Path) -> None:
@@ -134,7 +134,7 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
-    g = _Graph(path)
+    g = TFLiteGraph(path)
     convs = [(i, g.sg.Operators(i)) for i, name in enumerate(g.ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     others = sorted({n for n in g.ops if n not in ("CONV_2D", "DEPTHWISE_CONV_2D") and n not in _ALLOWED_OTHER_OPS})
     kinds = [g.ops[i] for i, _ in convs]
@@ -189,13 +189,13 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     inp = g.sg.Inputs(0)
     in_shape = [int(s) for s in g.tensor(inp).ShapeAsNumpy()]
     resolution = in_shape[1] if len(in_shape) == 4 and in_shape[1] == in_shape[2] and in_shape[1] > 0 else None
-    labels = _labels_from_metadata(g)
+    labels = labels_from_metadata(g)
     fmt = "tflite-quant" if quantized else "tflite-float"
     meta = {"input_quantization": g.io_quantization(inp), "quantized": quantized}
     return LoadedWeights(state, alpha, num_classes, resolution, str(path), fmt, labels, meta)
 
 
-def _labels_from_metadata(g: _Graph) -> list[str] | None:
+def labels_from_metadata(g: TFLiteGraph) -> list[str] | None:
     """Labels packed in a TFLite metadata zip (tflite-support) or our own export metadata."""
     meta = g.metadata()
     ours = meta.get("mobilenets")
@@ -217,3 +217,6 @@ def _labels_from_metadata(g: _Graph) -> list[str] | None:
     except (zipfile.BadZipFile, OSError):
         pass
     return None
+
+
+_Graph = TFLiteGraph  # TEMPORARY (removed at integration): helpers in flight import the old name

@@ -22,3 +22,20 @@ def imagenet_labels(num_classes: int) -> list[str]:
     if num_classes == 1000:
         return names
     raise ValueError(f"no ImageNet label set has {num_classes} classes")
+
+
+@cache
+def _table(file: str) -> tuple[str, ...]:
+    """The names of a one-column (or id<TAB>name) label table shipped beside this module."""
+    text = resources.files(__package__).joinpath(file).read_text()
+    return tuple(line.split("\t")[-1] for line in text.splitlines() if line.strip())
+
+
+def coco_labels() -> list[str]:
+    """The 90 COCO category names by id - 1 (the SSD file's class index); unused ids are 'n/a'."""
+    return list(_table("coco_labels.tsv"))
+
+
+def voc_labels() -> list[str]:
+    """The 21 PASCAL VOC segmentation classes (index 0 = background)."""
+    return list(_table("voc_labels.tsv"))
