@@ -50,9 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 on a labelled folder")
-    p.add_argument("--data", required=True, help="ImageNet val layout, WNID_*.JPEG files, or class folders")
-    p.add_argument("--labels", help="labels file: 'relative/path label' per line")
+    p = sub.add_parser("evaluate", help="accuracy on labelled data: top-1/top-5, COCO mAP or mIoU (by --task)")
+    p.add_argument("--task", choices=("classify", "detect", "segment"),
+                   help="default: the task the weights were made for")  # fmt: skip
+    p.add_argument("--data", required=True, help="classify: ImageNet val layout, WNID_*.JPEG files or class folders; "
+                   "detect: a folder of images (+ --annotations, or YOLO labels beside them); "
+                   "segment: VOC layout or N_image.png/N_target.png pairs")  # fmt: skip
+    p.add_argument("--annotations", help="detect: COCO instances JSON for the images in --data")
+    p.add_argument("--labels", help="classify: labels file, 'relative/path label' per line")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -116,12 +121,27 @@ def report_skipped(skipped, total: int) -> int:  # noqa: ANN001 (tasks.Skipped)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..tasks.classify import evaluate
+    from ..tasks import check_task
 
     predictor = predictor_from_args(args)
+    task = args.task or predictor.task
+    check_task(predictor, task)
+    if task != "classify":  # each task's evaluation returns a result with as_dict() and summary()
+        if task == "detect":
+            from ..tasks.detect import evaluate_detection
+
+            res = evaluate_detection(predictor, args.data, annotations=args.annotations, limit=args.limit)
+        else:
+            from ..tasks.segment import evaluate_segmentation
+
+            res = evaluate_segmentation(predictor, args.data, limit=args.limit)
+        print_json({**res.as_dict(), **predictor.describe()}) if args.json else print(res.summary())
+        return 0
+    from ..tasks.classify import evaluate
+
     res = evaluate(predictor, args.data, args.labels, args.limit, args.batch_size, args.workers)
     if args.json:
-        print_json(res.as_dict())
+        print_json({**res.as_dict(), **predictor.describe()})
     else:
         skipped = f", {res.skipped} unreadable skipped" if res.skipped else ""
         top5 = f"  top-5 {res.top5:.4f}" if predictor.num_classes > 5 else ""  # always 1.0 with <= 5 classes
