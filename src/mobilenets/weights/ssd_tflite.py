@@ -1,0 +1,343 @@
+"""Read Google's SSD-MobileNet-v1 ``.tflite`` (``coco_ssd_mobilenet_v1_1.0_quant_2018_06_29``).
+
+The graph is walked in execution order and checked, as `tflite.read_tflite` does for
+classifiers: the MobileNet v1 body (one 3x3 CONV_2D, 13 DEPTHWISE/1x1 pairs), then the extra
+feature layers (1x1 conv, 3x3 stride-2 conv) and, per feature map, a box and a class
+predictor conv; besides those only RESHAPE, CONCATENATION, LOGISTIC and the custom op
+``TFLite_Detection_PostProcess``. Anything else is refused with a one-line reason.
+
+Weights are dequantized (``(q - zero_point) * scale``). BN is folded into the file's convs;
+it loads with BN as the exact identity (gamma 1, mean 0, var ``1 - eps``) and the folded
+bias in beta, like `tflite.read_tflite`. The post-process op's flexbuffer options and its
+constant anchors (center-size, uint8) are returned in `SSDFileInfo`; the model generates
+its own anchors, and `load_ssd` checks they agree with the file's to its quantization step.
+
+Despite "1.0" in its name, Google's COCO quant file is depth multiplier 0.75 (Conv2d_13 has
+768 channels); the width is read from the channel counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+from ..models.layers import BN_EPS
+from ..models.mobilenet_v1 import MOBILENET_V1_CONV_DEFS
+from ..models.ssd import SSD_FEATURE_MAPS, SSD_MIN_DEPTH, extra_layer_names, ssd_depth
+from .tflite import TFLiteGraph
+
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+_ALLOWED_OTHER_OPS = {"RESHAPE", "CONCATENATION", "LOGISTIC", "CUSTOM", "QUANTIZE", "DEQUANTIZE", "SQUEEZE"}
+_BODY_NAMES = ["Conv2d_0"] + [f"Conv2d_{i}_{k}" for i in range(1, 14) for k in ("depthwise", "pointwise")]
+
+
+@dataclass
+class SSDFileInfo:
+    """What an SSD ``.tflite`` says besides its weights."""
+
+    source: str
+    alpha: float
+    min_depth: int
+    num_classes: int  # per anchor, with background (COCO: 91)
+    resolution: int | None  # square input side (300)
+    anchors_per_location: list[int]
+    predictor_kernel: int
+    postprocess: dict[str, Any]  # the op's custom options, as parsed from the flexbuffer
+    anchors: np.ndarray  # [A, 4] (ycenter, xcenter, h, w), dequantized from the file
+    anchor_step: float | None  # quantization step of the anchors (None if float)
+    input_quantization: tuple[float, int] | None
+    quantized: bool
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _conv_weight(g: TFLiteGraph, op, depthwise: bool) -> np.ndarray:
+    w = g.array(op.Inputs(1))
+    # TFLite: conv [O, kh, kw, I]; depthwise [1, kh, kw, C]. Ours: OIHW / [C, 1, kh, kw].
+    return np.ascontiguousarray(w.transpose(3, 0, 1, 2) if depthwise else w.transpose(0, 3, 1, 2))
+
+
+def _bias(g: TFLiteGraph, op, out_ch: int) -> np.ndarray:
+    if op.InputsLength() > 2 and op.Inputs(2) >= 0:
+        return g.array(op.Inputs(2)).copy()
+    return np.zeros(out_ch, np.float32)
+
+
+def _put_conv_bn(state: dict, prefix: str, weight: np.ndarray, bias: np.ndarray) -> None:
+    out_ch = weight.shape[0]
+    state[f"{prefix}.conv.weight"] = torch.from_numpy(weight)
+    state[f"{prefix}.bn.weight"] = torch.ones(out_ch)
+    state[f"{prefix}.bn.bias"] = torch.from_numpy(bias)
+    state[f"{prefix}.bn.running_mean"] = torch.zeros(out_ch)
+    # sqrt((1 - eps) + eps) rounds to exactly 1.0 in float32: BN becomes the identity.
+    state[f"{prefix}.bn.running_var"] = torch.full((out_ch,), 1.0 - BN_EPS)
+
+
+def _fit_width(depths: list[int], path: Path) -> tuple[float, int]:
+    """``(alpha, min_depth)`` that reproduce the body's 14 depths (min depth 16 first, then 8)."""
+    ratio = depths[-1] / 1024
+    for min_depth in (SSD_MIN_DEPTH, 8):
+        for cand in (round(ratio, 2), round(ratio, 4), ratio):
+            if [ssd_depth(d.depth, cand, min_depth) for d in MOBILENET_V1_CONV_DEFS] == depths:
+                return cand, min_depth
+    raise WeightsError(f"{path}: backbone depths {depths} fit no MobileNet v1 width multiplier")
+
+
+def _postprocess_options(g: TFLiteGraph, op, path: Path) -> dict[str, Any]:
+    try:
+        from flatbuffers import flexbuffers
+    except ImportError:
+        raise WeightsError("reading the SSD post-process options needs the 'flatbuffers' package") from None
+    raw = op.CustomOptionsAsNumpy()
+    if isinstance(raw, int) or raw is None or raw.size == 0:
+        raise WeightsError(f"{path}: {POSTPROCESS_OP} has no custom options")
+    try:
+        opts = flexbuffers.Loads(raw.tobytes())
+    except Exception as e:  # noqa: BLE001 (flexbuffers raises assorted errors on bad bytes)
+        raise WeightsError(f"{path}: cannot parse {POSTPROCESS_OP} options ({type(e).__name__})") from None
+    need = ("max_detections", "max_classes_per_detection", "nms_iou_threshold", "nms_score_threshold",
+            "num_classes", "y_scale", "x_scale", "h_scale", "w_scale")  # fmt: skip
+    missing = [k for k in need if k not in opts]
+    if not isinstance(opts, dict) or missing:
+        raise WeightsError(f"{path}: {POSTPROCESS_OP} options lack {missing}")
+    return dict(opts)
+
+
+def read_ssd_tflite(path: str | Path) -> tuple[dict[str, torch.Tensor], SSDFileInfo]:
+    """``(state_dict for SSDMobileNetV1, SSDFileInfo)`` from an SSD-MobileNet-v1 ``.tflite``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    g = TFLiteGraph(path)
+    sg = g.sg
+    custom = [i for i, name in enumerate(g.ops) if name == "CUSTOM"]
+    custom_names = [g.model.OperatorCodes(sg.Operators(i).OpcodeIndex()).CustomCode() for i in custom]
+    custom_names = [c.decode() if c else "?" for c in custom_names]
+    convs = [(i, sg.Operators(i)) for i, name in enumerate(g.ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    kinds = [g.ops[i] for i, _ in convs]
+    what = f"{kinds.count('CONV_2D')} conv + {kinds.count('DEPTHWISE_CONV_2D')} depthwise ops"
+    if POSTPROCESS_OP not in custom_names:
+        raise WeightsError(f"{path}: not an SSD detector ({what}, no {POSTPROCESS_OP} op; a classifier "
+                           "file loads with mobilenets.weights.read_weights)")  # fmt: skip
+    others = sorted({n for n in g.ops if n not in ("CONV_2D", "DEPTHWISE_CONV_2D") and n not in _ALLOWED_OTHER_OPS})
+    if others or set(custom_names) != {POSTPROCESS_OP}:
+        extra = others + [c for c in custom_names if c != POSTPROCESS_OP]
+        raise WeightsError(f"{path}: not an SSD-MobileNet-v1 (unexpected ops {', '.join(extra[:4])})")
+    body = ["CONV_2D"] + ["DEPTHWISE_CONV_2D", "CONV_2D"] * 13
+    if kinds[:27] != body or any(k != "CONV_2D" for k in kinds[27:]):
+        raise WeightsError(f"{path}: not an SSD-MobileNet-v1 ({what}; expected the MobileNet v1 body then plain convs)")
+
+    producer = {}  # tensor index -> conv position
+    for pos, (_, op) in enumerate(convs):
+        producer[op.Outputs(0)] = pos
+    module_of: dict[int, str] = {}  # conv position -> our module name
+    state: dict[str, torch.Tensor] = {}
+    quantized = False
+
+    # 1. the body
+    strides = []
+    for pos, scope in enumerate(_BODY_NAMES):
+        _, op = convs[pos]
+        quantized |= g.tensor(op.Inputs(1)).Type() != g.schema.TensorType.FLOAT32
+        if pos and producer.get(op.Inputs(0)) != pos - 1:
+            raise WeightsError(f"{path}: body layer {scope} does not read the previous layer")
+        strides.append(g.conv_options(op))
+        w = _conv_weight(g, op, scope.endswith("depthwise"))
+        _put_conv_bn(state, f"backbone.features.{scope}", w, _bias(g, op, w.shape[0]))
+        module_of[pos] = f"backbone.features.{scope}"
+    got_strides = [strides[0]] + strides[1::2]
+    if got_strides != [d.stride for d in MOBILENET_V1_CONV_DEFS]:
+        raise WeightsError(f"{path}: body strides {got_strides} are not MobileNet v1's")
+    depths = [state[f"backbone.features.{n}.conv.weight"].shape[0] for n in ["Conv2d_0"] + _BODY_NAMES[2::2]]
+    alpha, min_depth = _fit_width(depths, path)
+
+    # 2. the extra layers: a chain of (1x1, kxk stride 2) pairs on Conv2d_13_pointwise
+    names = extra_layer_names(alpha, min_depth, SSD_FEATURE_MAPS)
+    pos = 27
+    map_producers = {"Conv2d_11_pointwise": 22, "Conv2d_13_pointwise": 26}
+    map_pos = [map_producers[fm.from_layer] for fm in SSD_FEATURE_MAPS if fm.from_layer]
+    for reduce_name, conv_name in names:
+        for scope, kernel, stride in ((reduce_name, 1, 1), (conv_name, None, 2)):
+            if pos >= len(convs):
+                raise WeightsError(f"{path}: the graph ends before extra layer {scope}")
+            _, op = convs[pos]
+            w = _conv_weight(g, op, False)
+            want = int(scope.rsplit("_", 1)[1])
+            if (
+                producer.get(op.Inputs(0)) != pos - 1
+                or w.shape[0] != want
+                or g.conv_options(op) != stride
+                or (kernel is not None and w.shape[2:] != (kernel, kernel))
+            ):
+                raise WeightsError(f"{path}: conv #{pos} ({tuple(w.shape)}, stride {g.conv_options(op)}) is not "
+                                   f"the extra layer {scope} of an SSD-MobileNet-v1 at alpha {alpha:g}")  # fmt: skip
+            _put_conv_bn(state, f"extras.{scope}", w, _bias(g, op, w.shape[0]))
+            module_of[pos] = f"extras.{scope}"
+            pos += 1
+        map_pos.append(pos - 1)
+
+    # 3. predictors: for each feature map, two convs read it: box (4 per anchor) and class
+    readers: dict[int, list[int]] = {}
+    for p in range(pos, len(convs)):
+        src = producer.get(convs[p][1].Inputs(0))
+        if src not in map_pos:
+            raise WeightsError(f"{path}: conv #{p} reads no SSD feature map")
+        readers.setdefault(src, []).append(p)
+    anchors_per_location, num_classes, kernels = [], None, set()
+    for i, src in enumerate(map_pos):
+        pair = readers.get(src, [])
+        if len(pair) != 2:
+            raise WeightsError(f"{path}: feature map {i} has {len(pair)} predictor convs, expected 2")
+        ws = [_conv_weight(g, convs[p][1], False) for p in pair]
+        box_i = 0 if ws[0].shape[0] < ws[1].shape[0] else 1
+        wb, wc = ws[box_i], ws[1 - box_i]
+        if wb.shape[0] % 4:
+            raise WeightsError(f"{path}: box predictor {i} has {wb.shape[0]} outputs (not 4 per anchor)")
+        a = wb.shape[0] // 4
+        if wc.shape[0] % a or (num_classes is not None and wc.shape[0] // a != num_classes):
+            raise WeightsError(f"{path}: class predictor {i} has {wc.shape[0]} outputs for {a} anchors")
+        num_classes = wc.shape[0] // a
+        anchors_per_location.append(a)
+        kernels.add(wb.shape[2])
+        for head, w, p in (("BoxEncodingPredictor", wb, pair[box_i]), ("ClassPredictor", wc, pair[1 - box_i])):
+            module_of[p] = f"box_predictors.BoxPredictor_{i}.{head}"
+            state[f"box_predictors.BoxPredictor_{i}.{head}.weight"] = torch.from_numpy(w)
+            state[f"box_predictors.BoxPredictor_{i}.{head}.bias"] = torch.from_numpy(_bias(g, convs[p][1], w.shape[0]))
+    if len(kernels) != 1:
+        raise WeightsError(f"{path}: predictors mix kernel sizes {sorted(kernels)}")
+
+    # 4. the post-process op: options and anchors
+    op = sg.Operators(custom[custom_names.index(POSTPROCESS_OP)])
+    options = _postprocess_options(g, op, path)
+    if int(options["num_classes"]) + 1 != num_classes and int(options["num_classes"]) != num_classes:
+        raise WeightsError(f"{path}: post-process has {options['num_classes']} classes, predictors {num_classes}")
+    anchors = g.array(op.Inputs(2))
+    grid = [[int(v) for v in g.tensor(convs[p][1].Outputs(0)).ShapeAsNumpy()][1:3] for p in map_pos]
+    total = sum(h * w * a for (h, w), a in zip(grid, anchors_per_location))
+    if anchors.shape != (total, 4):
+        raise WeightsError(f"{path}: anchors have shape {list(anchors.shape)}, expected [{total}, 4]")
+    q = g.tensor(op.Inputs(2)).Quantization()
+    step = float(q.ScaleAsNumpy()[0]) if q is not None and q.ScaleLength() else None
+
+    inp = sg.Inputs(0)
+    in_shape = [int(s) for s in g.tensor(inp).ShapeAsNumpy()]
+    resolution = in_shape[1] if len(in_shape) == 4 and in_shape[1] == in_shape[2] and in_shape[1] > 0 else None
+    info = SSDFileInfo(
+        source=str(path), alpha=alpha, min_depth=min_depth, num_classes=num_classes, resolution=resolution,
+        anchors_per_location=anchors_per_location, predictor_kernel=kernels.pop(), postprocess=options,
+        anchors=anchors, anchor_step=step, input_quantization=g.io_quantization(inp), quantized=quantized,
+        sha256=hashlib.sha256(g.data).hexdigest(),
+    )  # fmt: skip
+    if quantized:
+        info.meta["activation_quant"] = _activation_quant(g, convs, module_of)
+    return state, info
+
+
+def _activation_quant(g: TFLiteGraph, convs: list, module_of: dict[int, str]) -> dict[str, list[tuple[float, int]]]:
+    """Per module of ours, the uint8 grids its output passes through in the file.
+
+    A conv's own output grid, then (predictors) the grid of the concatenation that gathers
+    all maps; ``score_converter`` gets the LOGISTIC op's output grid.
+    """
+    sg = g.sg
+    consumers: dict[int, list[int]] = {}
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        for j in range(op.InputsLength()):
+            consumers.setdefault(op.Inputs(j), []).append(i)
+    out: dict[str, list[tuple[float, int]]] = {}
+    for pos, name in module_of.items():
+        t = convs[pos][1].Outputs(0)
+        grids = [g.io_quantization(t)]
+        if name.startswith("box_predictors."):
+            while len(consumers.get(t, [])) == 1:
+                nxt = consumers[t][0]
+                kind = g.ops[nxt]
+                if kind not in ("RESHAPE", "CONCATENATION", "SQUEEZE", "LOGISTIC"):
+                    break
+                t = sg.Operators(nxt).Outputs(0)
+                if kind == "LOGISTIC":
+                    out["score_converter"] = [g.io_quantization(t)]
+                    break
+                q = g.io_quantization(t)
+                if q != grids[-1]:
+                    grids.append(q)
+        out[name] = [q for q in grids if q is not None]
+    return out
+
+
+def emulate_file_arithmetic(model, info: SSDFileInfo) -> list:
+    """Make ``model`` compute like the uint8 file: its anchors, and every activation rounded.
+
+    Pins the file's (uint8-rounded) anchors at its input size and adds forward hooks that
+    round each layer's output to the file's uint8 grid (``round(x / s) + z`` clamped to
+    0..255). With inputs already on the input grid this reproduces LiteRT up to the integer
+    requantization's rounding. The float model without it is the reference definition;
+    this is for checking parity and studying quantization. Returns the hook handles.
+    """
+    grids = info.meta.get("activation_quant")
+    if not grids:
+        raise WeightsError(f"{info.source}: not a quantized file; nothing to emulate")
+    res = info.resolution or 300
+    model.pin_anchors(torch.from_numpy(info.anchors), (res, res))
+
+    def hook_for(qs):
+        def hook(_module, _inputs, output):
+            for scale, zero in qs:
+                output = (torch.round(output / scale) + zero).clamp(0, 255).sub(zero).mul(scale)
+            return output
+
+        return hook
+
+    return [model.get_submodule(name).register_forward_hook(hook_for(qs)) for name, qs in grids.items()]
+
+
+def load_ssd(path: str | Path, emulate_quantization: bool = False):
+    """A ready `SSDMobileNetV1` (eval mode) holding the weights and post-process settings of ``path``.
+
+    Raises `WeightsError` if the model's generated anchors differ from the file's by more
+    than one quantization step (the file was built with another anchor configuration).
+    ``emulate_quantization`` applies `emulate_file_arithmetic` (file anchors, uint8 activations).
+    """
+    from ..models.ssd import AnchorGenerator, BoxCoder, PostProcess, SSDMobileNetV1, default_ssd_cfg
+
+    state, info = read_ssd_tflite(path)
+    opts = info.postprocess
+    gen = AnchorGenerator()
+    if gen.num_anchors_per_location() != info.anchors_per_location:
+        raise WeightsError(f"{path}: {info.anchors_per_location} anchors per location; the SSD anchor "
+                           f"generator makes {gen.num_anchors_per_location()}")  # fmt: skip
+    model = SSDMobileNetV1(
+        alpha=info.alpha, num_classes=info.num_classes, min_depth=info.min_depth, anchor_generator=gen,
+        box_coder=BoxCoder((opts["y_scale"], opts["x_scale"], opts["h_scale"], opts["w_scale"])),
+        postprocess=PostProcess.from_tflite_options(opts), predictor_kernel=info.predictor_kernel,
+    )  # fmt: skip
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: weights do not fit SSDMobileNetV1 (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    res = info.resolution or 300
+    ours = model.anchors_for((res, res)).numpy()
+    if ours.shape != info.anchors.shape:
+        raise WeightsError(f"{path}: file has {info.anchors.shape[0]} anchors, the model makes {ours.shape[0]}")
+    tol = (info.anchor_step or 0.0) + 1e-5
+    worst = float(np.abs(ours - info.anchors).max())
+    if worst > tol:
+        raise WeightsError(
+            f"{path}: the file's anchors differ from the SSD anchor generator's by {worst:.4f} (> {tol:.4f})"
+        )
+    model.pretrained_cfg = default_ssd_cfg(
+        info.alpha, info.num_classes, info.min_depth, input_size=(3, res, res), source=info.source,
+        sha256=info.sha256, quantization="uint8-qat" if info.quantized else None,
+    )  # fmt: skip
+    model.file_info = info
+    if emulate_quantization:
+        emulate_file_arithmetic(model, info)
+    return model.eval()
