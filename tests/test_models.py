@@ -166,3 +166,55 @@ def test_bad_configs_raise_clear_errors(kwargs, match):
 def test_unknown_name_suggests_close_names():
     with pytest.raises(MobilenetsError, match=r"did you mean mobilenet_v1_0.75_192"):
         create_model("mobilenet_v1_0.75_193")
+
+
+# --- features_only and the contract -------------------------------------------------------------
+
+_STAGES = ((1, 64, 2), (3, 128, 4), (5, 256, 8), (11, 512, 16), (13, 1024, 32))  # endpoint, base depth, stride
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+@pytest.mark.parametrize("name", NAMES)
+def test_features_only_maps_and_info(name, output_stride):
+    spec = get_spec(name)
+    feats = create_model(name, features_only=True, output_stride=output_stride).eval()
+    with torch.no_grad():
+        maps = feats(torch.zeros(1, 3, spec.resolution, spec.resolution))
+    assert len(maps) == len(feats.feature_info) == 5
+    for (layer, depth, stride), m, info in zip(_STAGES, maps, feats.feature_info):
+        red = min(stride, output_stride)  # TF-Slim: strides past the output stride become dilation
+        chs = max(int(depth * spec.alpha), 8)
+        side = -(-spec.resolution // red)  # TF 'SAME': ceil
+        assert tuple(m.shape) == (1, chs, side, side), (name, layer)
+        assert (info["num_chs"], info["reduction"], info["name"]) == (chs, red, f"Conv2d_{layer}_pointwise")
+
+
+def test_features_only_out_indices_and_weights_keys():
+    full = create_model("mobilenet_v1_0.25_128")
+    feats = create_model("mobilenet_v1_0.25_128", features_only=True, out_indices=(3, 4))
+    assert [i["name"] for i in feats.feature_info] == ["Conv2d_11_pointwise", "Conv2d_13_pointwise"]
+    assert set(feats.state_dict()) == {k for k in full.state_dict() if not k.startswith("classifier.")}
+    with pytest.raises(MobilenetsError, match="out_indices"):
+        create_model("mobilenet_v1_0.25_128", features_only=True, out_indices=(5,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_has_its_contract(name):
+    spec = get_spec(name)
+    cfg = create_model(name).pretrained_cfg
+    assert (cfg.task, cfg.arch, cfg.num_classes, cfg.label_offset) == ("classify", "mobilenet_v1", 1001, 1)
+    assert cfg.input_size == (3, spec.resolution, spec.resolution) and cfg.arch_cfg["alpha"] == spec.alpha
+    for tag, entry in spec.weights.items():  # the published weights: TF-Slim's eval contract and the table
+        assert (entry.cfg.crop_fraction, entry.cfg.mean, entry.cfg.decode) == (0.875, (0.5, 0.5, 0.5), "tf")
+        assert entry.cfg.labels[0] == "background" and len(entry.cfg.labels) == 1001
+        assert entry.cfg.metrics["macs_m"] == spec.paper.macs_m and (entry.cfg.quantization is not None) == (tag == "imagenet_quant")
+
+
+def test_weights_load_in_eval_mode_and_unpublished_options_are_refused():
+    from .conftest import shared_path
+
+    path = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
+    model = create_model("mobilenet_v1_0.25_224", weights=str(path))
+    assert not model.training and model.pretrained_cfg.source == str(path)
+    with pytest.raises(MobilenetsError, match="padding='symmetric' was never published"):
+        create_model("mobilenet_v1_0.25_224", weights=str(path), padding="symmetric")

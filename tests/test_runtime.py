@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from mobilenets.auto import load_predictor
 from mobilenets.errors import MobilenetsError
@@ -179,3 +180,68 @@ def test_auto_on_pytorch_weights_exports_and_picks(exported, tmp_path, monkeypat
 def test_unknown_backend():
     with pytest.raises(MobilenetsError, match="unknown backend 'tensorrt'"):
         load_predictor(model="mobilenet_v1_0.25_128", weights="x", backend="tensorrt")
+
+
+# --- any task shape: a two-output module that is not a classifier --------------------------------
+
+
+class TwoHeads(torch.nn.Module):
+    """A made-up dense task: a 4-channel map at stride 4 and an 8-d vector, on a MobileNet v1 stem."""
+
+    def __init__(self) -> None:
+        from mobilenets.models.cfg import OutputSpec
+        from mobilenets.models.layers import ConvBnAct
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = ConvBnAct(3, 8, 3, 2)
+        self.down = ConvBnAct(8, 16, 3, 2, depthwise=False)
+        self.head = ConvBnAct(16, 4, 1, act=False)
+        self.fc = torch.nn.Linear(16, 8)
+        for bn in (m for m in self.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+        self.pretrained_cfg = PretrainedCfg(task="segment", arch="two_heads", num_classes=4, label_offset=0,
+                                            input_size=(3, 64, 64), crop_fraction=1.0)  # fmt: skip
+        self.outputs = (OutputSpec("heat", (-1, 4, 16, 16)), OutputSpec("vector", (-1, 8)))
+        self.name = "two_heads"
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.down(self.stem(x))
+        return {"heat": self.head(f), "vector": self.fc(f.mean((2, 3)))}
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    pytest.importorskip("litert_torch", reason="needs the [litert] extra")
+    from mobilenets.utils import quiet_native
+
+    root = tmp_path_factory.mktemp("two")
+    model = TwoHeads().eval()
+    with quiet_native():
+        onnx = export_model(model, "onnx", root / "t.onnx")
+        tfl = export_model(model, "tflite", root / "t.tflite")
+    return model, onnx, tfl
+
+
+def test_predictor_run_names_every_output_on_every_backend(two_heads):
+    from mobilenets.runtime import open_backend
+
+    model, onnx, tfl = two_heads
+    assert onnx.parity.max_abs_diff["heat"] < 1e-5 and tfl.parity.max_abs_diff["vector"] < 1e-5
+    x = synthetic_images((3, 64, 64), 3, seed=5)
+    with torch.no_grad():
+        ref = {k: v.numpy() for k, v in model.predict(torch.from_numpy(x)).items()}
+    preds = [open_backend("torch", model=model), load_predictor(weights=onnx.path), load_predictor(weights=tfl.path)]
+    if backend_available("openvino"):
+        preds.append(load_predictor(weights=onnx.path, backend="openvino"))
+    assert [p.backend for p in preds][:3] == ["torch", "onnxruntime", "litert"]
+    for p in preds:
+        out = p.run(x)
+        assert list(out) == ["heat", "vector"] and p.task == "segment", p.backend
+        assert out["heat"].shape == (3, 4, 16, 16) and out["vector"].shape == (3, 8), p.backend
+        for k in out:
+            assert np.abs(out[k] - ref[k]).max() < 1e-4, (p.backend, k)
+        with pytest.raises(MobilenetsError, match="no classifier output"):
+            p.probabilities(x)

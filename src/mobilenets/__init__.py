@@ -11,8 +11,8 @@ from .data.transforms import EvalTransform, PillowEvalTransform
 from .errors import MobilenetsError
 from .models import MobileNetV1, OutputSpec, PretrainedCfg, list_models, mobilenet_v1
 from .profile import profile_model
+from .version import __version__
 
-__version__ = "0.2.0"
 
 
 def load_predictor(*args, **kwargs):

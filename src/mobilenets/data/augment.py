@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .transforms import _U8_SCALE, tf1_resize_bilinear
+from .transforms import U8_SCALE, tf1_resize_bilinear
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TrainTransform:
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         top, left, h, w = self.crop_box(img.height, img.width, rng)
-        crop = np.asarray(img, dtype=np.uint8)[top : top + h, left : left + w].astype(np.float32) * _U8_SCALE
+        crop = np.asarray(img, dtype=np.uint8)[top : top + h, left : left + w].astype(np.float32) * U8_SCALE
         x = tf1_resize_bilinear(crop, self.resolution, self.resolution)
         if self.flip and rng.random() < 0.5:
             x = x[:, ::-1]

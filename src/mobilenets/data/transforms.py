@@ -24,7 +24,7 @@ from ..models.cfg import INCEPTION_MEAN, INCEPTION_STD, SLIM_EVAL_CROP
 from .images import load_image
 
 # TF's convert_image_dtype multiplies by the float32 constant 1/255.
-_U8_SCALE = np.float32(1.0 / 255.0)
+U8_SCALE = np.float32(1.0 / 255.0)
 
 
 def tf_central_crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
@@ -57,7 +57,7 @@ def tf1_resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray
         return lo.astype(np.int64), hi, (src - lo).astype(np.float32)
 
     def to_float(x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float32) * _U8_SCALE if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+        return x.astype(np.float32) * U8_SCALE if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
     y0, y1, ly = axis(in_h, out_h)
     x0, x1, lx = axis(in_w, out_w)
@@ -118,4 +118,4 @@ class PillowEvalTransform(EvalTransform):
         img = self.load(img)
         top, left, h, w = tf_central_crop_box(img.height, img.width, self.crop_fraction)
         img = img.crop((left, top, left + w, top + h)).resize((self.resolution, self.resolution), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).astype(np.float32) * _U8_SCALE
+        return np.asarray(img, dtype=np.uint8).astype(np.float32) * U8_SCALE

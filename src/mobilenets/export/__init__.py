@@ -71,7 +71,7 @@ class ExportResult:
 
 def base_info(model: torch.nn.Module, fmt: str, crop_fraction: float | None = None) -> ArtifactInfo:
     """The artifact contract of ``model`` before format details (tensors, layout, dtypes) are filled in."""
-    from .. import __version__
+    from ..version import __version__
 
     cfg = model.pretrained_cfg
     if crop_fraction is not None:

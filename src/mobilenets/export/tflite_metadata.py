@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MobilenetsError
+from ..models.cfg import SLIM_EVAL_CROP
 
 # The role names of an artifact's outputs; the artifact contract itself comes in as a `ModelCard`
 # (or any ArtifactInfo, duck-typed), so this module imports nothing else of ours.
@@ -148,7 +149,7 @@ class ModelCard:
     labels: Sequence[str] | None = None
     has_background: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
-    crop_fraction: float = 0.875
+    crop_fraction: float = SLIM_EVAL_CROP
     alpha: float | None = None
     version: str | None = None
     description: str | None = None

@@ -329,7 +329,7 @@ class Trainer:
             from ..weights import save_weights
 
             meta = {"labels": self.classes, "source": f"mobilenets train {self.out} (recipe {r.name})",
-                    "recipe": r.name, "epoch": self.epoch + 1, "val_top1": val["top1"], "crop_fraction": 0.875}  # fmt: skip
+                    "recipe": r.name, "epoch": self.epoch + 1, "val_top1": val["top1"]}  # fmt: skip
             save_weights(deploy, self.out / "last.safetensors", **meta)
             if improved:
                 save_weights(deploy, self.out / "best.safetensors", **meta)

@@ -45,7 +45,7 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` through ``dest.part``, resuming with HTTP Range after a cut connection."""
     from tqdm import tqdm
 
-    from .. import __version__
+    from ..version import __version__
 
     part = dest.with_name(dest.name + ".part")
     for _ in range(RESUME_ATTEMPTS):

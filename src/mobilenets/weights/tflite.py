@@ -217,6 +217,3 @@ def labels_from_metadata(g: TFLiteGraph) -> list[str] | None:
     except (zipfile.BadZipFile, OSError):
         pass
     return None
-
-
-_Graph = TFLiteGraph  # TEMPORARY (removed at integration): helpers in flight import the old name
