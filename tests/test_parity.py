@@ -104,3 +104,30 @@ def test_embeddings_match_the_extractor():
         cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
     print(f"\nembedding cosine vs LiteRT: min {min(cosines):.4f} mean {np.mean(cosines):.4f} over {len(cosines)} photos")
     assert min(cosines) >= 0.98
+
+
+@pytest.mark.parametrize("backend", ["litert", "torch"])
+def test_classify_end_to_end_equals_litert_on_tensorflow_preprocessing(capsys, backend):
+    """`mobilenets classify` from the JPEG bytes on, against LiteRT on tensors TensorFlow decoded and
+    preprocessed itself (tests/fixtures/make_tf_classify_golden.py): same top-1 on every image."""
+    import json
+
+    from mobilenets.cli import main
+
+    from .conftest import FIXTURES
+
+    golden = np.load(FIXTURES / "tf_classify_golden.npz")
+    folder = shared_path("imagenet_samples_100")
+    assert main(["classify", str(folder), "--weights", str(shared_path("models", FLOAT)), "--backend", backend,
+                 "--json", "--top-k", "1001", "--show-background"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == list(golden["names"])
+    worst = 0.0
+    for row, ref in zip(rows, golden["probs"]):
+        ours = np.zeros(1001, np.float32)
+        for p in row["predictions"]:
+            ours[p["index"]] = p["score"]
+        assert ours.argmax() == ref.argmax(), row["image"]
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    print(f"\n{backend}: max |prob diff| vs LiteRT on TF-preprocessed tensors {worst:.2e} over {len(rows)} images")
+    assert worst <= 1e-4
