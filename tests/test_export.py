@@ -86,12 +86,12 @@ def test_onnx_int8_is_per_channel_qdq(tmp_path):
 
 def test_tflite_flatbuffer_rewrites():
     pytest.importorskip("ai_edge_litert", reason="needs LiteRT ([tflite] extra)")
-    from mobilenets.export.litert import _Flatbuffer, add_metadata
+    from mobilenets.export.litert import Flatbuffer, add_metadata
 
     path = shared_path("models", "mobilenet_v1_0.25_128_quant.tflite")
-    fb = _Flatbuffer(path.read_bytes())
+    fb = Flatbuffer(path.read_bytes())
     add_metadata(fb, "mobilenets", b'{"x": 1}')
-    again = _Flatbuffer(fb.serialize())
+    again = Flatbuffer(fb.serialize())
     names = [m.name for m in again.model.metadata]
     assert b"mobilenets" in names
     assert [again.op_name(op) for op in again.sg.operators] == [fb.op_name(op) for op in fb.sg.operators]

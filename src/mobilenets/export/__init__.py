@@ -99,7 +99,7 @@ def parity_report(artifact: str | os.PathLike, model: torch.nn.Module, images: n
     predictor = open_backend(backend, artifact, threads=threads)
     model = model.eval()
     diffs: dict[str, float] = {}
-    agree = []
+    agree, pixels = [], []
     for i in range(0, len(images), 16):
         batch = images[i : i + 16]
         got = predictor.run(batch)
@@ -109,8 +109,11 @@ def parity_report(artifact: str | os.PathLike, model: torch.nn.Module, images: n
             diffs[name] = max(diffs.get(name, 0.0), float(np.abs(y - ref[name]).max()))
         if "probabilities" in got:
             agree.append(got["probabilities"].argmax(1) == ref["probabilities"].argmax(1))
+        if "logits" in got and got["logits"].ndim == 4:  # segmenters: same arg-max class per pixel
+            pixels.append((got["logits"].argmax(1) == ref["logits"].argmax(1)).reshape(-1))
     top1 = float(np.concatenate(agree).mean()) if agree else None
-    return ParityReport(len(images), source, diffs, top1)
+    agreement = {"pixels": float(np.concatenate(pixels).mean())} if pixels else {}
+    return ParityReport(len(images), source, diffs, top1, agreement)
 
 
 def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, resolution: int | None = None,
@@ -139,7 +142,11 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
         model = copy.copy(model)  # shares the parameters; only the contract of this export changes
         model.pretrained_cfg = model.pretrained_cfg.replace(input_size=(3, resolution, resolution))
     info = base_info(model, fmt, crop_fraction)
-    if fmt == "tflite":
+    from .ssd import detection_parity, export_detector, is_detector
+
+    if is_detector(model):  # network + TFLite_Detection_PostProcess (.tflite), NMS in the graph (.onnx)
+        info = export_detector(model, fmt, out, info, calibration, input_dtype)
+    elif fmt == "tflite":
         from .litert import export_tflite
 
         info = export_tflite(model, out, info, calibration, input_dtype)
@@ -152,5 +159,5 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
         if parity_images is None:
             parity_images, parity_source = (calibration, "calibration images") if calibration is not None else (
                 synthetic_images(info.cfg.input_size), "synthetic images")  # fmt: skip
-        report = parity_report(out, model, parity_images, parity_source)
+        report = (detection_parity if is_detector(model) else parity_report)(out, model, parity_images, parity_source)
     return ExportResult(Path(out), info, report)

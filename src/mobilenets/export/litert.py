@@ -11,6 +11,9 @@ op-for-op the shape of Google's. The input is uint8 by default (one QUANTIZE uin
 int8 put in front: what MediaPipe Tasks and the TFLite Task Library accept) or int8 on
 request; the probabilities are float (softmax on the dequantized logits), the embedding
 is int8 with its scale. Each declared output of the model is one output tensor, in order.
+Segmenters' per-pixel logits leave the graph N x H x W x classes, as Google's DeepLab file
+(`NHWCOutputs`; ``ArtifactInfo.transpose`` turns them back into the declared NCHW), with
+ImageSegmenter metadata, so MediaPipe runs the file alone.
 """
 
 from __future__ import annotations
@@ -39,10 +42,39 @@ def require_litert_torch():
     return litert_torch
 
 
+class NHWCOutputs(torch.nn.Module):
+    """A `DeployModule` whose 4-D outputs named in ``names`` come out N x H x W x C (TFLite's layout).
+
+    Segmentation logits leave the graph as Google's DeepLab file gives them, [1, H, W, classes]:
+    what MediaPipe's ImageSegmenter reads, and the converter's own NHWC layout, so no
+    TRANSPOSE is left at the end of the graph.
+    """
+
+    def __init__(self, deploy: DeployModule, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.deploy, self.permute = deploy, tuple(n in names for n in deploy.names)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(y.permute(0, 2, 3, 1) if p else y for y, p in zip(self.deploy(x), self.permute))
+
+
+NHWC_AXES = [0, 3, 1, 2]  # ArtifactInfo.transpose: the file's NHWC tensor -> the declared NCHW output
+
+
+def nhwc_output_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """Outputs a .tflite gives channels-last: per-pixel maps (N x C x H x W declared) of a segmenter."""
+    if getattr(model.pretrained_cfg, "task", None) != "segment":
+        return ()
+    return tuple(o.name for o in model.outputs if len(o.shape) == 4)
+
+
 def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], calibration: np.ndarray | None = None) -> bytes:
     """The ``.tflite`` flatbuffer of ``model`` (NHWC input): float, or int8 when ``calibration`` is given."""
     litert_torch = require_litert_torch()
     deploy = DeployModule(model, input_size, channels_last=True).eval()
+    nhwc = nhwc_output_names(model)
+    if nhwc:
+        deploy = NHWCOutputs(deploy, nhwc).eval()
     c, h, w = input_size
     example = np.zeros((1, h, w, c), np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +95,7 @@ def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], cal
 # --- flatbuffer rewriting ---------------------------------------------------------------------
 
 
-class _Flatbuffer:
+class Flatbuffer:
     """A mutable TFLite model (the schema's object API) with name lookups for subgraph 0."""
 
     def __init__(self, data: bytes) -> None:
@@ -102,7 +134,7 @@ class _Flatbuffer:
         return bytes(builder.Output())
 
 
-def fold_same_padding(fb: _Flatbuffer) -> int:
+def fold_same_padding(fb: Flatbuffer) -> int:
     """Fold [TRANSPOSE ->] PAD [-> TRANSPOSE] -> conv(VALID) into conv(SAME) where the pad is TF 'SAME'. Returns the count."""
     sg, s = fb.sg, fb.schema
     producer = {t: i for i, op in enumerate(sg.operators) for t in op.outputs}
@@ -157,7 +189,7 @@ def fold_same_padding(fb: _Flatbuffer) -> int:
     return len(dead)
 
 
-def uint8_input(fb: _Flatbuffer) -> tuple[float, int]:
+def uint8_input(fb: Flatbuffer) -> tuple[float, int]:
     """Make the int8 image input uint8 (zero point + 128) through one QUANTIZE op; returns its (scale, zero point)."""
     s, sg = fb.schema, fb.sg
     old = sg.tensors[sg.inputs[0]]
@@ -185,7 +217,7 @@ def uint8_input(fb: _Flatbuffer) -> tuple[float, int]:
     return float(q.scale[0]), int(q.zeroPoint[0])
 
 
-def add_metadata(fb: _Flatbuffer, name: str, payload: bytes) -> None:
+def add_metadata(fb: Flatbuffer, name: str, payload: bytes) -> None:
     buf = fb.schema.BufferT()
     buf.data = np.frombuffer(payload, np.uint8)
     fb.model.buffers.append(buf)
@@ -197,7 +229,7 @@ def add_metadata(fb: _Flatbuffer, name: str, payload: bytes) -> None:
 def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
                   calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
     """Write ``model`` as ``.tflite`` (int8 when ``calibration`` is given) with ``info`` inside; returns the final info."""
-    fb = _Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
+    fb = Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
     fold_same_padding(fb)
     sg = fb.sg
     tin = sg.tensors[sg.inputs[0]]
@@ -218,9 +250,10 @@ def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: Artifact
     if len(names) != len(info.outputs):
         raise MobilenetsError(f"the converted graph has {len(names)} outputs for {len(info.outputs)} declared ones")
     info.tensors = {spec.name: name for spec, name in zip(info.outputs, names)}
+    info.transpose = {name: NHWC_AXES for name in nhwc_output_names(model)}
     add_metadata(fb, METADATA_KEY, info.to_json().encode())
     data = fb.serialize()
-    if info.cfg.task in ("classify", "embed"):
+    if info.cfg.task in ("classify", "embed", "segment"):
         from .tflite_metadata import standard_metadata
 
         data = standard_metadata(data, info)  # what MediaPipe Tasks and the TFLite Task Library read

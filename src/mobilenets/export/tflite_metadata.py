@@ -14,6 +14,10 @@ field layout in `_LAYOUT` (ids copied from ``metadata_schema.fbs`` 1.5.0), so wr
 needs neither mediapipe nor tflite-support. Only 1.0.0 fields are used, hence
 ``min_parser_version`` 1.0.0.
 
+Segmenters (role ``logits``, an N x H x W x classes tensor) are described as Google's
+deeplabv3.tflite is: a grayscale-image output with value range over dimensions 1..2 and the
+labels file as TENSOR_AXIS_LABELS; MediaPipe's ImageSegmenter reads exactly that.
+
 MediaPipe wants one output entry per output tensor, and all outputs quantized or none:
 both of ours are described (its ImageClassifier reports two heads, ``probabilities`` with
 named categories first, then ``embedding``; its ImageEmbedder the same two), and the int8
@@ -35,7 +39,7 @@ from ..models.cfg import SLIM_EVAL_CROP
 
 # The role names of an artifact's outputs; the artifact contract itself comes in as a `ModelCard`
 # (or any ArtifactInfo, duck-typed), so this module imports nothing else of ours.
-PROBABILITIES, EMBEDDING = "probabilities", "embedding"
+PROBABILITIES, EMBEDDING, SEGMENTATION = "probabilities", "embedding", "logits"
 
 TFLITE_METADATA_KEY = "TFLITE_METADATA"
 MIN_PARSER_VERSION = "1.0.0"
@@ -45,7 +49,7 @@ LICENSE = "Apache License. Version 2.0 http://www.apache.org/licenses/LICENSE-2.
 
 # Enum values of metadata_schema.fbs.
 TENSOR_AXIS_LABELS = 2  # AssociatedFileType
-RGB = 1  # ColorSpaceType
+RGB, GRAYSCALE = 1, 2  # ColorSpaceType
 FEATURE_PROPERTIES, IMAGE_PROPERTIES = 1, 2  # ContentProperties union
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union
 
@@ -73,6 +77,7 @@ _LAYOUT: dict[str, tuple[int, dict[str, tuple[int, str]]]] = {
     "ProcessUnit": (2, {"options_type": (0, "uint8"), "options": (1, "union")}),
     "NormalizationOptions": (2, {"mean": (0, "[float]"), "std": (1, "[float]")}),
     "Stats": (2, {"max": (0, "[float]"), "min": (1, "[float]")}),
+    "BoundingBoxProperties": (3, {"index": (0, "[uint32]"), "type": (1, "int8"), "coordinate_type": (2, "int8")}),
     "AssociatedFile": (5, {"name": (0, "string"), "description": (1, "string"), "type": (2, "int8"),
                            "locale": (3, "string"), "version": (4, "string")}),
 }  # fmt: skip
@@ -98,10 +103,10 @@ def _write(b, value: Any, kind: str) -> int:
         return b.CreateString(value)
     if kind.startswith("["):
         inner = kind[1:-1]
-        if inner == "float":
+        if inner in ("float", "uint32"):
             b.StartVector(4, len(value), 4)
             for v in reversed(value):
-                b.PrependFloat32(float(v))
+                b.PrependFloat32(float(v)) if inner == "float" else b.PrependUint32(int(v))
         else:
             offsets = [_write(b, v, inner) for v in value]  # children first: nothing nests inside a vector
             b.StartVector(4, len(offsets), 4)
@@ -153,6 +158,7 @@ class ModelCard:
     alpha: float | None = None
     version: str | None = None
     description: str | None = None
+    family: str = "MobileNet v1"  # what the description calls the network
 
     @classmethod
     def from_artifact(cls, info: Any) -> ModelCard:
@@ -168,7 +174,15 @@ class ModelCard:
             has_background=bool(background), outputs=dict(outputs) if isinstance(outputs, dict) else {},
             crop_fraction=src.crop_fraction, alpha=getattr(src, "alpha", None) or (getattr(src, "arch_cfg", None) or {}).get("alpha"),
             version=getattr(info, "mobilenets_version", None),
+            family=_family(getattr(src, "arch", None), getattr(src, "arch_cfg", None) or {}),
         )  # fmt: skip
+
+
+def _family(arch: str | None, arch_cfg: dict) -> str:
+    if arch and arch.startswith("deeplabv3_"):
+        backbone = "MobileNet v2" if arch.endswith("v2") else "MobileNet v1"
+        return f"DeepLab v3 / {backbone}"
+    return "MobileNet v1"
 
 
 def _per_channel(v: float | Sequence[float]) -> list[float]:
@@ -236,18 +250,34 @@ def metadata_tables(card: ModelCard, graph: dict[str, Any], output_roles: Sequen
                               content_properties=Table("FeatureProperties")),
                 stats=Table("Stats", min=[0.0], max=[1.0]), associated_files=files,
             ))  # fmt: skip
+        elif role == SEGMENTATION:
+            # As Google's deeplabv3.tflite: a "grayscale image" per class along the last axis
+            # (range = the H, W dimensions), the labels file naming that axis; ImageSegmenter reads this.
+            files = None
+            if card.labels:
+                files = [Table("AssociatedFile", name=LABELS_FILE, type=TENSOR_AXIS_LABELS,
+                               description=f"Labels of the {len(card.labels)} classes, one per line.")]  # fmt: skip
+            outputs.append(Table(
+                "TensorMetadata", name="segmentation_masks",
+                description=f"Per-pixel logits of the {width} classes, {r} x {r} x {width} (arg-max = class).",
+                content=Table("Content", content_properties_type=IMAGE_PROPERTIES,
+                              content_properties=Table("ImageProperties", color_space=GRAYSCALE),
+                              range=Table("ValueRange", min=1, max=2)),
+                associated_files=files,
+            ))  # fmt: skip
         else:
             what = (f"Pooled pre-logits features ({width} values), for retrieval or a new head."
                     if role == EMBEDDING else f"Output {role!r} ({width} values).")  # fmt: skip
             outputs.append(Table("TensorMetadata", name=role, description=what,
                                  content=Table("Content", content_properties_type=FEATURE_PROPERTIES,
                                                content_properties=Table("FeatureProperties"))))  # fmt: skip
-    kind = "image classifier" if PROBABILITIES in output_roles else "image embedder"
+    kind = ("image classifier" if PROBABILITIES in output_roles else
+            "image segmenter" if SEGMENTATION in output_roles else "image embedder")  # fmt: skip
     precision = "full-integer int8" if graph["int8"] else "float32"
     alpha = f" width {card.alpha:g}," if card.alpha else ""
     return Table(
         "ModelMetadata", name=card.name,
-        description=card.description or f"MobileNet v1 {kind} ({precision},{alpha} {r} x {r} input).",
+        description=card.description or f"{card.family} {kind} ({precision},{alpha} {r} x {r} input).",
         version=card.version, author=author, license=license,
         subgraph_metadata=[Table("SubGraphMetadata", input_tensor_metadata=[image], output_tensor_metadata=outputs)],
         min_parser_version=MIN_PARSER_VERSION,

@@ -245,13 +245,14 @@ def box_iou_one_to_many(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, score_threshold: float,
-               max_output: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               max_output: int, early_exit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """TFLite's ``NonMaxSuppressionSingleClassHelper``, batched over the first axis.
 
     ``boxes`` [B, A, 4] corners, ``scores`` [B, A]. Candidates have ``score >= score_threshold``;
     the best remaining one is taken (ties: lowest index, as TFLite's stable sort) and every
     candidate with IoU ``> iou_threshold`` to it is dropped, until ``max_output`` are taken.
-    Returns ``(indices [B, max_output], valid [B, max_output])``.
+    Returns ``(indices [B, max_output], valid [B, max_output])``. ``early_exit=False`` always
+    runs ``max_output`` rounds (same result, no data-dependent branch: what an exporter traces).
     """
     b = scores.shape[0]
     active = scores >= score_threshold
@@ -261,7 +262,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, 
     valid = torch.zeros(b, max_output, dtype=torch.bool, device=scores.device)
     for t in range(max_output):
         alive = active.any(dim=1)
-        if not bool(alive.any()):
+        if early_exit and not bool(alive.any()):
             break
         best = torch.where(active, scores, neg_inf).argmax(dim=1)  # first maximum
         indices[:, t] = best
@@ -310,6 +311,7 @@ class PostProcess(nn.Module):
         self.nms_score_threshold = nms_score_threshold
         self.use_regular_nms = use_regular_nms
         self.detections_per_class = detections_per_class
+        self.traceable = False  # True: NMS without data-dependent branches (for the ONNX exporter)
 
     @property
     def detections_per_image(self) -> int:
@@ -353,7 +355,7 @@ class PostProcess(nn.Module):
         else:
             top_scores, top_classes = scores.topk(k_cls, dim=-1)
         idx, valid = greedy_nms(boxes, top_scores[..., 0], self.nms_iou_threshold, self.nms_score_threshold,
-                                self.max_detections)  # fmt: skip
+                                self.max_detections, early_exit=not self.traceable)  # fmt: skip
         rows = torch.arange(n, device=scores.device).unsqueeze(1)
         sel_boxes = boxes[rows, idx].unsqueeze(2).expand(-1, -1, k_cls, -1).reshape(n, -1, 4)
         sel_classes = top_classes[rows, idx].reshape(n, -1).to(scores.dtype)
@@ -467,6 +469,7 @@ class SSDMobileNetV1(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes (with background) must be an integer >= 2, got {num_classes}")
         self.alpha, self.num_classes, self.min_depth = alpha, num_classes, min_depth
+        self.predictor_kernel = predictor_kernel
         self.feature_maps = tuple(feature_maps)
         self.anchor_generator = anchor_generator or AnchorGenerator()
         self.box_coder = box_coder or BoxCoder()
@@ -512,7 +515,7 @@ class SSDMobileNetV1(nn.Module):
         self._pinned_anchors: dict[tuple[int, int], torch.Tensor] = {}
         self.reset_head_parameters()
 
-        self.pretrained_cfg = default_ssd_cfg(alpha, num_classes, min_depth)
+        self.pretrained_cfg = default_ssd_cfg(alpha, num_classes, min_depth, arch_cfg=self.arch_cfg())
 
     # --- declared outputs ----------------------------------------------------------------------
 
@@ -645,6 +648,42 @@ class SSDMobileNetV1(nn.Module):
         if self.training:
             return {"box_encodings": box, "class_logits": logits, "anchors": anchors}
         return self.postprocess(self.decode(box, anchors), self.score_converter(logits))
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The declared outputs (``boxes``, ``classes``, ``scores``, ``count``): eval-mode ``forward``."""
+        box, logits, anchors = self._raw_with_anchors(x)
+        return self.postprocess(self.decode(box, anchors), self.score_converter(logits))
+
+    def arch_cfg(self) -> dict:
+        """What rebuilds this exact model (`from_arch_cfg`): widths, anchors, box coder and post-process settings."""
+        gen, post = self.anchor_generator, self.postprocess
+        return {
+            "alpha": self.alpha, "min_depth": self.min_depth, "predictor_kernel": self.predictor_kernel,
+            "anchors": {"box_specs": [[list(s) for s in specs] for specs in gen.box_specs],
+                        "base_anchor_size": list(gen.base_anchor_size)},
+            "box_coder_scales": list(self.box_coder.scales),
+            "postprocess": {"num_classes": post.num_classes, "max_detections": post.max_detections,
+                            "max_classes_per_detection": post.max_classes_per_detection,
+                            "nms_iou_threshold": post.nms_iou_threshold, "nms_score_threshold": post.nms_score_threshold,
+                            "use_regular_nms": post.use_regular_nms, "detections_per_class": post.detections_per_class},
+        }  # fmt: skip
+
+    @classmethod
+    def from_arch_cfg(cls, arch_cfg: dict, num_classes: int = COCO_NUM_CLASSES) -> SSDMobileNetV1:
+        """The model `arch_cfg` describes (missing keys: the COCO ``ssd_mobilenet_v1`` defaults)."""
+        gen = AnchorGenerator()
+        anchors = arch_cfg.get("anchors") or {}
+        if anchors.get("box_specs"):
+            gen.box_specs = [[(float(s), float(a)) for s, a in specs] for specs in anchors["box_specs"]]
+            gen.base_anchor_size = tuple(float(v) for v in anchors.get("base_anchor_size", (1.0, 1.0)))
+        post = arch_cfg.get("postprocess")
+        return cls(
+            alpha=float(arch_cfg.get("alpha", 1.0)), num_classes=num_classes,
+            min_depth=int(arch_cfg.get("min_depth", SSD_MIN_DEPTH)), anchor_generator=gen,
+            box_coder=BoxCoder(arch_cfg.get("box_coder_scales", (10.0, 10.0, 5.0, 5.0))),
+            postprocess=PostProcess(**post) if post else None,
+            predictor_kernel=int(arch_cfg.get("predictor_kernel", SSD_PREDICTOR_KERNEL)),
+        )  # fmt: skip
 
 
 def default_ssd_cfg(alpha: float, num_classes: int = COCO_NUM_CLASSES, min_depth: int = SSD_MIN_DEPTH,

@@ -147,7 +147,7 @@ def _io(graph, index: int) -> tuple[str, list[int], str | None]:
 
 def foreign_tflite_info(graph) -> ArtifactInfo:
     """The contract of a Google ``.tflite`` we did not write, from its tensors (the releases' conventions)."""
-    from ..data.labels import coco_labels, imagenet_labels, voc_labels
+    from ..data.labels import imagenet_labels, voc_labels
     from ..models.registry import default_cfg
     from ..weights.tflite import labels_from_metadata
 
@@ -165,18 +165,18 @@ def foreign_tflite_info(graph) -> ArtifactInfo:
     quant = "uint8-qat" if input_dtype != "float32" else None
     tensors: dict[str, str] = {}
     transpose: dict[str, list[int]] = {}
-    if "TFLite_Detection_PostProcess" in graph.ops and len(outs) == 4:
-        k = outs[0][1][1]
+    from ..weights.ssd_tflite import detector_contract, is_detector_graph
+
+    if is_detector_graph(graph) and len(outs) == 4:
+        cfg = detector_contract(graph, file_labels)  # the file's input quantization and width, COCO labels
+        post = cfg.arch_cfg["postprocess"]  # the op's outputs have no static shape: K comes from its options
+        k = int(post["max_detections"]) * int(post["max_classes_per_detection"])
         names = ("boxes", "classes", "scores", "count")
         specs = (OutputSpec("boxes", (-1, k, 4), meaning="ymin, xmin, ymax, xmax in [0, 1]"),
                  OutputSpec("classes", (-1, k), meaning="class index (COCO id - 1)"),
                  OutputSpec("scores", (-1, k), meaning="detection scores"),
                  OutputSpec("count", (-1,), meaning="valid detections"))  # fmt: skip
         tensors = {n: o[0] for n, o in zip(names, outs)}
-        labels = file_labels or coco_labels()
-        cfg = PretrainedCfg(task="detect", arch="ssd_mobilenet_v1", arch_cfg={"alpha": 1.0}, num_classes=len(labels),
-                            label_offset=0, labels=tuple(labels), input_size=(3, res, res), crop_fraction=1.0,
-                            quantization=quant, source=str(path))  # fmt: skip
     elif len(outs) == 1 and len(outs[0][1]) == 4 and outs[0][1][1:3] == [res, res]:
         classes = outs[0][1][3]
         labels = file_labels or (voc_labels() if classes == 21 else None)

@@ -298,6 +298,100 @@ def emulate_file_arithmetic(model, info: SSDFileInfo) -> list:
     return [model.get_submodule(name).register_forward_hook(hook_for(qs)) for name, qs in grids.items()]
 
 
+def file_normalisation(info: SSDFileInfo) -> dict[str, tuple[float, float, float]]:
+    """``mean``/``std`` (on [0, 1]) that give exactly the real values of the file's uint8 input.
+
+    The file reads ``q`` as ``(q - zero) * scale`` (Google's: ``(q - 128) / 128``, i.e.
+    ``q / 128 - 1``, not the ``q / 127.5 - 1`` it was trained with). With ``q = 255 v``,
+    that is ``(v - zero / 255) / (1 / (255 scale))``; a Predictor then quantizes it back
+    to ``round(255 v)``, the pixel itself. A float file keeps the OD API's [-1, 1].
+    """
+    if info.input_quantization is None:
+        return {}
+    scale, zero = info.input_quantization
+    mean, std = zero / 255.0, 1.0 / (255.0 * scale)
+    return {"mean": (mean,) * 3, "std": (std,) * 3}
+
+
+def read_ssd_weights(path: str | Path):
+    """Google's SSD ``.tflite`` as `LoadedWeights` (state dict + the full contract in ``cfg``), for `read_weights`."""
+    from . import LoadedWeights
+
+    model = load_ssd(path)
+    info = model.file_info
+    cfg = model.pretrained_cfg
+    fmt = "tflite-quant" if info.quantized else "tflite-float"
+    return LoadedWeights(model.state_dict(), info.alpha, info.num_classes, info.resolution, str(path), fmt,
+                         list(cfg.labels) if cfg.labels else None, {"sha256": info.sha256}, cfg)  # fmt: skip
+
+
+def build_ssd(w, resolution: int | None = None):
+    """The `SSDMobileNetV1` that ``w`` holds (``w.cfg.arch_cfg`` rebuilds it), in eval mode, with ``w.cfg`` as its contract.
+
+    ``resolution``: the input side of the contract (default: the weights'); anchors follow
+    the input size, so the network runs at any size.
+    """
+    from ..models.ssd import SSDMobileNetV1
+
+    cfg = w.cfg
+    model = SSDMobileNetV1.from_arch_cfg(cfg.arch_cfg, num_classes=cfg.num_classes)
+    own = model.state_dict()
+    for name, t in w.state_dict.items():
+        if name in own and tuple(own[name].shape) != tuple(t.shape):
+            raise WeightsError(f"{w.source}: tensor {name!r} has shape {tuple(t.shape)}, the model needs "
+                               f"{tuple(own[name].shape)}")  # fmt: skip
+    missing, unexpected = model.load_state_dict(w.state_dict, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{w.source}: weights do not fit SSDMobileNetV1 (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")  # fmt: skip
+    if resolution:
+        cfg = cfg.replace(input_size=(3, resolution, resolution))
+    model.pretrained_cfg = cfg.replace(arch_cfg={**cfg.arch_cfg, **model.arch_cfg()})
+    return model.eval()
+
+
+def detector_contract(g: TFLiteGraph, file_labels: list[str] | None = None):
+    """The `PretrainedCfg` of an SSD ``.tflite`` run as it is (LiteRT): what `load_ssd` records for it.
+
+    Its own width and input quantization (`file_normalisation`), the whole image resized,
+    and COCO's 91 labels (background first) unless the file's metadata carries a label map.
+    """
+    from ..models.ssd import COCO_NUM_CLASSES, default_ssd_cfg
+
+    _, info = read_ssd_tflite(g.path)
+    res = info.resolution or 300
+    changes = {}
+    from ..data.coco import is_coco_labels
+
+    if file_labels and is_coco_labels(file_labels):
+        file_labels = None  # Google's label map: COCO's, with '???' for the unused ids
+    if file_labels and len(file_labels) in (info.num_classes, info.num_classes - 1):
+        labels = list(file_labels)
+        if len(labels) == info.num_classes - 1:
+            labels = ["background", *labels]
+        changes["labels"] = tuple(labels)
+    elif info.num_classes != COCO_NUM_CLASSES:
+        changes["labels"] = None
+    return default_ssd_cfg(
+        info.alpha, info.num_classes, info.min_depth, input_size=(3, res, res), source=info.source,
+        sha256=info.sha256, quantization="uint8-qat" if info.quantized else None,
+        arch_cfg={"alpha": info.alpha, "min_depth": info.min_depth, "postprocess": dict(info.postprocess)},
+        **file_normalisation(info), **changes,
+    )  # fmt: skip
+
+
+def is_detector_graph(g: TFLiteGraph) -> bool:
+    """Whether a ``.tflite`` graph ends in ``TFLite_Detection_PostProcess`` (what `read_weights` sends here)."""
+    if "CUSTOM" not in g.ops:
+        return False
+    for i, name in enumerate(g.ops):
+        if name == "CUSTOM":
+            code = g.model.OperatorCodes(g.sg.Operators(i).OpcodeIndex()).CustomCode()
+            if code and code.decode() == POSTPROCESS_OP:
+                return True
+    return False
+
+
 def load_ssd(path: str | Path, emulate_quantization: bool = False):
     """A ready `SSDMobileNetV1` (eval mode) holding the weights and post-process settings of ``path``.
 
@@ -335,7 +429,8 @@ def load_ssd(path: str | Path, emulate_quantization: bool = False):
         )
     model.pretrained_cfg = default_ssd_cfg(
         info.alpha, info.num_classes, info.min_depth, input_size=(3, res, res), source=info.source,
-        sha256=info.sha256, quantization="uint8-qat" if info.quantized else None,
+        sha256=info.sha256, quantization="uint8-qat" if info.quantized else None, arch_cfg=model.arch_cfg(),
+        **file_normalisation(info),
     )  # fmt: skip
     model.file_info = info
     if emulate_quantization:

