@@ -73,4 +73,12 @@ def model_from_weights(w: LoadedWeights, resolution: int | None = None) -> nn.Mo
     arch = w.cfg.arch if w.cfg is not None else "mobilenet_v1"
     if arch == "mobilenet_v1":
         return build_model(w, resolution=resolution)
+    if arch in ("deeplabv3_mobilenet_v2", "deeplabv3_mobilenet_v1"):
+        from .weights.deeplab_tflite import build_deeplab
+
+        return build_deeplab(w, resolution)
+    if arch == "ssd_mobilenet_v1":
+        from .weights.ssd_tflite import build_ssd
+
+        return build_ssd(w, resolution)
     raise ConfigError(f"{w.source}: weights of architecture {arch!r} cannot be built by this version")

@@ -15,16 +15,22 @@ models predict in) and the palette colour of each class.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, MobilenetsError
 
 NUM_VOC_CLASSES = 21
 IGNORE_INDEX = 255
+
+
+class DatasetError(MobilenetsError):
+    """A folder that holds no segmentation data this package reads."""
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
@@ -78,12 +84,16 @@ def _rgb_to_index(rgb: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return values[order][pos]
 
 
-def read_voc_mask(path: str | os.PathLike) -> np.ndarray:
+class MaskLabelError(ImageError):
+    """A mask holding a value that is neither one of the model's classes nor the ignore value 255."""
+
+
+def read_voc_mask(path: str | os.PathLike, num_classes: int = NUM_VOC_CLASSES) -> np.ndarray:
     """A VOC mask PNG as an H x W uint8 array of class indices (255 = ignore).
 
     Palette ('P') and grayscale ('L') images are read as the indices they store; RGB
-    images are mapped through VOC's colours ((224, 224, 192) -> 255). Any other value or
-    colour is refused with one line.
+    images are mapped through VOC's colours ((224, 224, 192) -> 255). Any other colour,
+    or a value neither below ``num_classes`` nor 255 (`MaskLabelError`), is refused with one line.
     """
     try:
         with Image.open(path) as img:
@@ -100,10 +110,71 @@ def read_voc_mask(path: str | os.PathLike) -> np.ndarray:
         idx = _rgb_to_index(arr[..., :3], path)
     else:
         raise ImageError(f"{path}: mask mode {mode!r} is not a VOC palette, grayscale or RGB image")
-    bad = (idx >= NUM_VOC_CLASSES) & (idx != IGNORE_INDEX)
+    bad = (idx >= num_classes) & (idx != IGNORE_INDEX)
     if bad.any():
-        raise ImageError(f"{path}: value {int(idx[bad][0])} is neither a VOC class (0..20) nor 255")
+        what = "a VOC class (0..20)" if num_classes == NUM_VOC_CLASSES else f"a class of the model (0..{num_classes - 1})"
+        raise MaskLabelError(f"{path}: value {int(idx[bad][0])} is neither {what} nor 255")
     return idx
+
+
+@dataclass
+class SegmentationData:
+    """Image/mask pairs found under a folder, and the images that have no mask."""
+
+    root: Path
+    layout: str  # "voc" | "pairs"
+    pairs: list[tuple[Path, Path]]
+    unpaired: list[Path]  # images (or listed ids) without a mask
+
+
+def find_segmentation_data(root: str | os.PathLike, split: str = "val") -> SegmentationData:
+    """Image/mask pairs in either layout; `DatasetError` (one line) when ``root`` is neither.
+
+    - VOC: ``JPEGImages/<id>.jpg`` + ``SegmentationClass/<id>.png`` (palette PNGs), the ids of
+      ``ImageSets/Segmentation/<split>.txt`` when that file exists, else every mask (VOC has many
+      more images than masks: images without a mask are simply not segmentation data).
+      A listed id whose image or mask is missing is in ``unpaired``.
+    - pairs (``voc2012_seg_samples``): ``N_image.<ext>`` beside ``N_target.png`` (RGB-coded or
+      palette); an ``N_image`` without its ``N_target`` is in ``unpaired``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder (of segmentation data)")
+    if (root / "VOC2012" / "JPEGImages").is_dir():  # VOCdevkit/
+        root = root / "VOC2012"
+    images, masks = root / "JPEGImages", root / "SegmentationClass"
+    if images.is_dir() and masks.is_dir():
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if listing.is_file():
+            ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        else:
+            ids = sorted(p.stem for p in masks.glob("*.png"))
+        by_stem = {p.stem: p for p in images.iterdir() if p.is_file()}
+        pairs, unpaired = [], []
+        for i in ids:
+            img, mask = by_stem.get(i), masks / f"{i}.png"
+            if img is None or not mask.is_file():
+                unpaired.append(img or images / f"{i}.jpg")
+            else:
+                pairs.append((img, mask))
+        return SegmentationData(root, "voc", pairs, unpaired)
+    found = sorted(root.glob("*_image.*"), key=_natural)
+    if not found:
+        raise DatasetError(f"{root}: neither a VOC layout (JPEGImages/ + SegmentationClass/) nor "
+                           "N_image.png / N_target.png pairs")  # fmt: skip
+    pairs, unpaired = [], []
+    for img in found:
+        mask = img.with_name(img.name.replace("_image.", "_target.", 1)).with_suffix(".png")
+        if mask.is_file():
+            pairs.append((img, mask))
+        else:
+            unpaired.append(img)
+    return SegmentationData(root, "pairs", pairs, unpaired)
+
+
+def _natural(p: Path) -> tuple:
+    head = p.name.split("_image.")[0]
+    return (0, int(head), "") if head.isdigit() else (1, 0, head)
 
 
 def mask_to_image(mask: np.ndarray) -> Image.Image:

@@ -13,7 +13,12 @@ The head is a few named branches over the backbone's last feature map, each a TF
 conv 256), optional ``aspp1..3`` (separable 3x3 atrous convs), ``concat_projection`` (1x1
 256 over the concatenation), an optional ``decoder``, and ``logits`` (1x1 with bias,
 DeepLab's ``logits/semantic``), bilinearly resized with ``align_corners=True`` to the
-input size. Head convs have BN (eps 1e-5, decay 0.9997) and ReLU, not ReLU6.
+input size. Head convs have BN (eps 1e-5, decay 0.9997) and ReLU, not ReLU6; they are
+`ConvBnAct` units, so `models.deploy.fuse_for_inference` folds them like the backbone's.
+
+As a task model: ``predict(x) -> {"logits": N x classes x H x W}`` and ``outputs`` at the
+contract's ``pretrained_cfg.input_size`` (`deeplab_cfg`: whole image, no crop, [-1, 1],
+257 x 257 by default as Google's file).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cfg import OutputSpec, PretrainedCfg
-from .layers import BatchNorm2d, Padding, make_conv
+from .layers import ConvBnAct, Padding, make_conv
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 
@@ -48,19 +53,18 @@ def _voc_labels() -> tuple[str, ...]:
     return voc_labels()
 
 
-class ConvBnReLU(nn.Module):
-    """conv (no bias) -> BatchNorm (eps 1e-5) -> ReLU: one DeepLab head scope."""
+class ConvBnReLU(ConvBnAct):
+    """conv (no bias) -> BatchNorm (eps 1e-5) -> ReLU: one DeepLab head scope.
+
+    A `ConvBnAct` with DeepLab's head BN constants and plain ReLU (not ReLU6), so
+    `models.deploy.fuse_for_inference` folds it like the backbone's units.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1, depthwise: bool = False,
                  padding: Padding = "same") -> None:  # fmt: skip
-        super().__init__()
-        self.conv = make_conv(in_ch, out_ch, kernel, 1, dilation, in_ch if depthwise else 1, padding=padding)
-        self.bn = BatchNorm2d(out_ch)
+        super().__init__(in_ch, out_ch, kernel, 1, dilation, depthwise=depthwise, padding=padding)
         self.bn.eps, self.bn.momentum = HEAD_BN_EPS, HEAD_BN_MOMENTUM
         self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class SeparableConvBnReLU(nn.Module):
@@ -98,6 +102,22 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         x = torch.cat([_resize(x, low.shape[-2:]), self.feature_projection0(low)], dim=1)
         return self.decoder_conv1(self.decoder_conv0(x))
+
+
+DEFAULT_RESOLUTION = 257  # Google's deeplabv3.tflite (DeepLab's 513 crop at half size: 8k + 1)
+
+
+def deeplab_cfg(backbone: str = "mobilenet_v2", depth_multiplier: float = 0.5, num_classes: int = 21,
+                output_stride: int = 8, atrous_rates: Sequence[int] = (), image_pooling: bool = True,
+                decoder: bool = False, padding: Padding = "same",
+                resolution: int = DEFAULT_RESOLUTION) -> PretrainedCfg:  # fmt: skip
+    """The contract of a DeepLab v3 model: whole image resized (no crop) to ``resolution``, [-1, 1], VOC labels at 21."""
+    arch_cfg = {"backbone": backbone, "depth_multiplier": depth_multiplier, "output_stride": output_stride,
+                "atrous_rates": list(atrous_rates), "image_pooling": image_pooling, "decoder": decoder,
+                "padding": padding}  # fmt: skip
+    return PretrainedCfg(task="segment", arch=f"deeplabv3_{backbone}", arch_cfg=arch_cfg, num_classes=num_classes,
+                         label_offset=0, crop_fraction=1.0, input_size=(3, resolution, resolution),
+                         labels=_voc_labels() if num_classes == 21 else None)  # fmt: skip
 
 
 class DeepLabV3(nn.Module):
@@ -170,15 +190,24 @@ class DeepLabV3(nn.Module):
             self.decoder = Decoder(HEAD_DEPTH, self._low_level_channels(), padding=padding)
         self.logits = make_conv(HEAD_DEPTH, num_classes, 1, bias=True, padding=padding)  # logits/semantic
 
-        res = 257
-        self.pretrained_cfg = PretrainedCfg(
-            task="segment", arch=f"deeplabv3_{backbone}",
-            arch_cfg={"backbone": backbone, "depth_multiplier": depth_multiplier, "output_stride": output_stride,
-                      "atrous_rates": list(atrous_rates), "image_pooling": image_pooling, "decoder": decoder},
-            num_classes=num_classes, label_offset=0, crop_fraction=1.0, input_size=(3, res, res),
-            labels=_voc_labels() if num_classes == 21 else None,
-        )  # fmt: skip
-        self.outputs = (OutputSpec("logits", (-1, num_classes, res, res), meaning="NCHW per-pixel class logits at the input size"),)  # fmt: skip
+        self.pretrained_cfg = deeplab_cfg(backbone, depth_multiplier, num_classes, output_stride, atrous_rates,
+                                          image_pooling, decoder, padding)  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        """``deeplabv3_<backbone>_<width>_<resolution>``, e.g. ``deeplabv3_mobilenet_v2_0.5_257``."""
+        cfg = self.pretrained_cfg
+        return f"{cfg.arch}_{cfg.arch_cfg.get('depth_multiplier', '')}_{cfg.resolution}"
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        """What `predict` returns: per-pixel logits at the contract's input size."""
+        _, h, w = self.pretrained_cfg.input_size
+        return (OutputSpec("logits", (-1, self.num_classes, h, w), meaning="NCHW per-pixel class logits at the input size"),)  # fmt: skip
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode inference: ``{"logits": N x classes x H x W}`` at the input's size."""
+        return {"logits": self.forward(x)}
 
     # --- backbone access: the one place that knows the backbone's feature API ---------
 
@@ -205,8 +234,9 @@ class DeepLabV3(nn.Module):
         if self.image_pooling is not None:
             # DeepLab avg-pools a window of the whole (crop-size) feature map and resizes the
             # 1x1 result back with align_corners=True: a global mean, broadcast.
+            # Resizing the 1x1 map (not `expand`) is DeepLab's op and converts to one RESIZE_BILINEAR.
             pooled = self.image_pooling(features.mean(dim=(2, 3), keepdim=True))
-            branches.append(pooled.expand(-1, -1, *features.shape[-2:]))
+            branches.append(_resize(pooled, features.shape[-2:]))
         branches.append(self.aspp0(features))
         for i in range(1, len(self.atrous_rates) + 1):
             branches.append(getattr(self, f"aspp{i}")(features))

@@ -98,7 +98,7 @@ def fuse_for_inference(model: nn.Module, input_size: tuple[int, int, int]) -> nn
                     continue  # not on the path the outputs take
                 folded = _static(fold_conv_bn(child.conv, child.bn), sizes[path], like=child.conv)
                 parts = list(folded) if isinstance(folded, nn.Sequential) else [folded]
-                act = [] if isinstance(child.act, nn.Identity) else [nn.ReLU6()]
+                act = [] if isinstance(child.act, nn.Identity) else [type(child.act)()]  # ReLU6, or a head's ReLU
                 setattr(parent, child_name, FusedConvAct(*parts, *act))
             elif isinstance(child, Conv2dSame) and path in sizes:
                 setattr(parent, child_name, _static(child, sizes[path]))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..models.deeplab import HEAD_BN_EPS, DeepLabV3
+from ..models.deeplab import HEAD_BN_EPS, DeepLabV3, deeplab_cfg
 from ..models.layers import BN_EPS
 from ..models.mobilenet_v2 import STEM_DEPTH, LayerDef, layer_defs
 from . import LoadedWeights
@@ -310,22 +310,51 @@ def read_deeplab_tflite(path: str | Path) -> LoadedWeights:
             "output_name": g.tensor(out).Name().decode(), "input_quantization": g.io_quantization(inp),
             "quantized": quantized}  # fmt: skip
     res = int(in_shape[1]) if in_shape[1] == in_shape[2] and in_shape[1] > 0 else None
+    # The file's own label map spells a few names differently ("tv", "dining table");
+    # the contract keeps the VOC table's names (`data.voc`), in the same order.
+    cfg = deeplab_cfg(**kwargs, **({"resolution": res} if res else {})).replace(
+        source=str(path), quantization="uint8" if quantized else None)  # fmt: skip
     return LoadedWeights(state, dm, num_classes, res, str(path), "tflite-quant" if quantized else "tflite-float",
-                         labels_from_metadata(g), meta)  # fmt: skip
+                         labels_from_metadata(g), meta, cfg)  # fmt: skip
+
+
+def is_segmenter_graph(g: TFLiteGraph) -> bool:
+    """Whether a ``.tflite`` graph looks like a segmenter (one output, per pixel at the input size, a resize):
+    what `weights.read_weights` sends to `read_deeplab_tflite` rather than the classifier reader."""
+    if g.sg.InputsLength() != 1 or g.sg.OutputsLength() != 1 or "RESIZE_BILINEAR" not in g.ops:
+        return False
+    ins = [int(v) for v in g.tensor(g.sg.Inputs(0)).ShapeAsNumpy()]
+    outs = [int(v) for v in g.tensor(g.sg.Outputs(0)).ShapeAsNumpy()]
+    return len(ins) == len(outs) == 4 and ins[1:3] == outs[1:3]
+
+
+def build_deeplab(w: LoadedWeights, resolution: int | None = None) -> DeepLabV3:
+    """The `DeepLabV3` that ``w`` holds (``w.cfg.arch_cfg`` builds it), in eval mode, with ``w.cfg`` as its contract.
+
+    ``resolution``: the input side of the contract (default: the weights'); the network
+    itself runs at any size.
+    """
+    cfg = w.cfg
+    known = ("backbone", "depth_multiplier", "output_stride", "atrous_rates", "image_pooling", "decoder", "padding")
+    kwargs = {k: v for k, v in cfg.arch_cfg.items() if k in known}
+    kwargs.setdefault("backbone", cfg.arch.removeprefix("deeplabv3_"))
+    if kwargs.get("atrous_rates") == []:
+        kwargs["atrous_rates"] = None
+    model = DeepLabV3(num_classes=cfg.num_classes, **kwargs)
+    own = model.state_dict()
+    for name, t in w.state_dict.items():
+        if name in own and tuple(own[name].shape) != tuple(t.shape):
+            raise WeightsError(f"{w.source}: tensor {name!r} has shape {tuple(t.shape)}, the model needs "
+                               f"{tuple(own[name].shape)}")  # fmt: skip
+    missing, unexpected = model.load_state_dict(w.state_dict, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{w.source}: weights do not fit DeepLabV3 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if resolution:
+        cfg = cfg.replace(input_size=(3, resolution, resolution))
+    model.pretrained_cfg = cfg.replace(arch_cfg={**model.pretrained_cfg.arch_cfg, **cfg.arch_cfg})
+    return model.eval()
 
 
 def load_deeplab(path: str | Path) -> DeepLabV3:
     """`DeepLabV3` with the weights of a DeepLab v3 / MobileNet v2 ``.tflite``, in eval mode."""
-    lw = read_deeplab_tflite(path)
-    model = DeepLabV3(**lw.meta["deeplab_kwargs"])
-    missing, unexpected = model.load_state_dict(lw.state_dict, strict=False)
-    if missing or unexpected:  # the walk above guarantees the structure; this is a bug guard
-        raise WeightsError(f"{path}: weights do not fit DeepLabV3 (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    cfg = model.pretrained_cfg
-    changes = {"source": str(lw.source), "quantization": "uint8" if lw.meta["quantized"] else None}
-    if lw.resolution:
-        changes["input_size"] = (3, lw.resolution, lw.resolution)
-    # The file's own label map spells a few names differently ("tv", "dining table");
-    # the contract keeps the VOC table's names (`data.voc`), in the same order.
-    model.pretrained_cfg = cfg.replace(**changes)
-    return model.eval()
+    return build_deeplab(read_deeplab_tflite(path))
