@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import socket
 import threading
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from mobilenets.errors import WeightsError
 from mobilenets import create_model
-from mobilenets.models.registry import CATALOG, WeightsEntry, default_cfg
+from mobilenets.errors import WeightsError
 from mobilenets.weights import cache, read_weights
 
-from .test_weights_formats import KERAS, SLIM, keras_file, logits, make_tgz, slim_members
+from .conftest import KERAS, SLIM, closed_port_url, keras_file, logits, make_tgz, register, slim_members
 
 NAME = "mobilenet_v1_test"
 
@@ -73,20 +71,6 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def closed_port_url(name: str = "mobilenet_v1_test.tgz") -> str:
-    """A URL on 127.0.0.1 where nothing listens: connection refused, as when offline."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{name}"
-
-
-def register(monkeypatch, urls, alpha: float = 0.0625, resolution: int = 64, name: str = NAME) -> None:
-    cfg = default_cfg(alpha, resolution).replace(url=urls[0], tag="imagenet")
-    entry = WeightsEntry(name=name, arch=name, tag="imagenet", urls=tuple(urls), cfg=cfg)
-    monkeypatch.setitem(CATALOG, name, entry)
-
-
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
@@ -101,7 +85,7 @@ def test_download_convert_and_reuse(server, home, monkeypatch, tgz_bytes):
     register(monkeypatch, [server.url("mobilenet_v1_test.tgz")])
     path = cache.fetch_official(NAME)
     assert path == home / f"{NAME}.safetensors"
-    assert files_under(home) == ["downloads/mobilenet_v1_test.tgz", f"{NAME}.safetensors"]
+    assert files_under(home) == ["downloads/SHA256SUMS", "downloads/mobilenet_v1_test.tgz", f"{NAME}.safetensors"]
     w = read_weights(path)
     assert w.source == str(path) and w.cfg.source == server.url("mobilenet_v1_test.tgz")
     assert w.cfg.sha256 == hashlib.sha256(tgz_bytes).hexdigest() and w.cfg.url == w.cfg.source
@@ -120,7 +104,7 @@ def test_falls_back_to_the_next_url(server, home, monkeypatch, tmp_path):
     )
     w = read_weights(cache.fetch_official(NAME))
     assert (w.meta["format"], w.num_classes, w.resolution) == ("keras-h5", 10, 128)
-    assert files_under(home) == ["downloads/mobilenet_2_5_128_tf.h5", f"{NAME}.safetensors"]
+    assert files_under(home) == ["downloads/SHA256SUMS", "downloads/mobilenet_2_5_128_tf.h5", f"{NAME}.safetensors"]
 
 
 def test_create_model_imagenet_goes_through_the_cache(server, home, monkeypatch, tmp_path):
@@ -154,7 +138,7 @@ def test_resumes_across_calls(server, home, monkeypatch, tgz_bytes):
     assert (home / "downloads" / "m.tgz.part").stat().st_size == 1000
     cache.fetch_official(NAME)
     assert server.ranges == [None, "bytes=1000-"]
-    assert files_under(home) == ["downloads/m.tgz", f"{NAME}.safetensors"]
+    assert files_under(home) == ["downloads/SHA256SUMS", "downloads/m.tgz", f"{NAME}.safetensors"]
 
 
 def test_server_without_range_support_restarts(server, home, monkeypatch, tgz_bytes):
@@ -211,3 +195,46 @@ def test_file_url(home, monkeypatch, tmp_path, tgz_bytes):
 def test_unknown_name():
     with pytest.raises(WeightsError, match="did you mean mobilenet_v1_1.0_224"):
         cache.fetch_official("mobilenet_v1_1.0_225")
+
+
+def test_a_pinned_digest_refuses_other_bytes(home, monkeypatch, tgz_bytes):
+    url = closed_port_url("m.tgz")
+    register(monkeypatch, [url])
+    by_hand = cache.download_path(url)
+    by_hand.parent.mkdir(parents=True)
+    by_hand.write_bytes(tgz_bytes)
+    monkeypatch.setitem(cache.PINNED_SHA256, "m.tgz", "0" * 64)
+    with pytest.raises(WeightsError, match="differs from the pinned"):
+        cache.fetch_official(NAME)
+    assert by_hand.exists() and not (home / f"{NAME}.safetensors").exists()  # the user's file is kept, not used
+    monkeypatch.setitem(cache.PINNED_SHA256, "m.tgz", hashlib.sha256(tgz_bytes).hexdigest())
+    assert cache.fetch_official(NAME).is_file()
+
+
+def test_first_download_is_recorded_and_a_swapped_file_refused(home, monkeypatch, tgz_bytes, tmp_path):
+    url = closed_port_url("m.tgz")
+    register(monkeypatch, [url])
+    by_hand = cache.download_path(url)
+    by_hand.parent.mkdir(parents=True)
+    by_hand.write_bytes(tgz_bytes)
+    out = cache.fetch_official(NAME)
+    assert cache.recorded_sha256()["m.tgz"] == hashlib.sha256(tgz_bytes).hexdigest()
+    out.unlink()
+    other = make_tgz(tmp_path / "o.tgz", {**slim_members(), "extra.txt": b"changed"}).read_bytes()
+    by_hand.write_bytes(other)
+    with pytest.raises(WeightsError, match="differs from the recorded"):
+        cache.fetch_official(NAME)
+
+
+def test_a_damaged_converted_file_is_converted_again(home, monkeypatch, tgz_bytes):
+    url = closed_port_url("m.tgz")
+    register(monkeypatch, [url])
+    by_hand = cache.download_path(url)
+    by_hand.parent.mkdir(parents=True)
+    by_hand.write_bytes(tgz_bytes)
+    out = cache.fetch_official(NAME)
+    data = bytearray(out.read_bytes())
+    data[-100] ^= 0xFF  # inside the tensor data: the digest no longer matches
+    out.write_bytes(bytes(data))
+    assert cache.fetch_official(NAME) == out
+    read_weights(out)  # whole again

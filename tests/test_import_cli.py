@@ -15,9 +15,18 @@ from safetensors import safe_open
 from mobilenets.cli import main
 from mobilenets.weights import read_weights
 
-from .conftest import FIXTURES, shared_path
-from .test_cache import closed_port_url, register
-from .test_weights_formats import CKPT, SLIM, keras_file, logits, make_tgz, slim_members
+from .conftest import (
+    CKPT,
+    FIXTURES,
+    SLIM,
+    closed_port_url,
+    keras_file,
+    logits,
+    make_tgz,
+    register,
+    shared_path,
+    slim_members,
+)
 
 FLOAT_TFLITE = "mobilenet_v1_0.25_224_1_default_1.tflite"
 

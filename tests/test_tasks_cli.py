@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import shared_path
-from .test_cli import assert_one_line_error, run
+from .conftest import assert_one_line_error, run, shared_path
 
 FLOAT = ("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
 QUANT_224 = ("models", "mobilenet_v1_0.25_224_quant.tflite")

@@ -8,7 +8,6 @@ padding makes the comparison fail.
 from __future__ import annotations
 
 import io
-import lzma
 import shutil
 import sys
 import tarfile
@@ -23,19 +22,9 @@ from mobilenets.weights import archive, build_model, read_weights
 from mobilenets.weights.keras_h5 import read_keras_h5
 from mobilenets.weights.slim_ckpt import crc32c, read_slim_checkpoint
 
-from .conftest import FIXTURES, shared_path
+from .conftest import CKPT, FIXTURES, KERAS, SHARD, SLIM, keras_file, logits, make_tgz, shared_path, slim_members
 
-CKPT = "slim_tiny.ckpt"
-SHARD = ".data-00000-of-00001"
-SLIM = np.load(FIXTURES / "slim_tiny_expected.npz")
-KERAS = np.load(FIXTURES / "keras_expected.npz")
 KERAS_FILES = ("keras2_weights.h5", "keras3_model.h5", "keras3.weights.h5")
-
-
-def logits(w, x_nhwc: np.ndarray, **kwargs) -> np.ndarray:
-    model = build_model(w, **kwargs).eval()
-    with torch.no_grad():
-        return model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).numpy()
 
 
 def copy_ckpt(dest: Path, stem: str = "model.ckpt") -> Path:
@@ -43,28 +32,6 @@ def copy_ckpt(dest: Path, stem: str = "model.ckpt") -> Path:
     for suffix in (".index", SHARD):
         shutil.copy(FIXTURES / f"{CKPT}{suffix}", dest / f"{stem}{suffix}")
     return dest / stem
-
-
-def keras_file(tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    with lzma.open(FIXTURES / f"{name}.xz") as src, open(out, "wb") as f:
-        shutil.copyfileobj(src, f)
-    return out
-
-
-def make_tgz(dest: Path, members: dict[str, bytes | Path], mode: str = "w:gz") -> Path:
-    with tarfile.open(dest, mode) as tar:
-        for name, data in members.items():
-            data = data.read_bytes() if isinstance(data, Path) else data
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return dest
-
-
-def slim_members(stem: str = "mobilenet_v1_0.0625_64") -> dict[str, bytes | Path]:
-    return {f"{stem}.ckpt.index": FIXTURES / f"{CKPT}.index", f"{stem}.ckpt{SHARD}": FIXTURES / f"{CKPT}{SHARD}",
-            f"{stem}_info.txt": b"Model: test\n", f"{stem}.ckpt.meta": b"graph"}  # fmt: skip
 
 
 # --- CRC32C --------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def run_bench(models: list[str], backends: list[str], int8_modes: list[bool], th
     work.mkdir(parents=True, exist_ok=True)
     rows, machine = [], machine_id()
     jobs = [(m, q, t) for m in models for q in int8_modes for t in threads]
-    for name, int8, nthreads in tqdm(jobs, desc="bench", unit="config", file=sys.stderr):
+    for name, int8, nthreads in tqdm(jobs, desc="bench", unit="config", file=sys.stderr, disable=None):
         spec = get_spec(name)
         preds = _predictors(name, backends, int8, nthreads, work, calibration)
         x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, spec.resolution, spec.resolution)).astype(np.float32)
@@ -185,13 +185,19 @@ class Pick:
     best: BenchRow | None  # the most accurate config that fits
     faster: BenchRow | None  # the runner-up below it: next most accurate that fits
     slower: BenchRow | None  # the runner-up above it: the next more accurate one, which does not fit
+    machines: tuple[str, ...] = ()  # whose measurements these are (`machine_id`)
 
 
 def pick(rows: list[BenchRow], latency_ms: float, backend: str | None = None, int8: bool | None = None,
-         threads: int | None = None) -> Pick:  # fmt: skip
-    """The most accurate measured config with median latency <= ``latency_ms`` (each config at its fastest backend)."""
+         threads: int | None = None, any_machine: bool = False) -> Pick:  # fmt: skip
+    """The most accurate measured config with median latency <= ``latency_ms`` (each config at its fastest backend).
+
+    Only rows measured on this machine (`machine_id`) count, unless there are none (then all
+    rows do) or ``any_machine``; ``Pick.machines`` says whose rows answered, so a caller can
+    say so when they are another machine's.
+    """
     here = machine_id()
-    if any(r.machine == here for r in rows):  # a results file may hold other machines' rows too
+    if not any_machine and any(r.machine == here for r in rows):  # a results file may hold other machines' rows
         rows = [r for r in rows if r.machine == here]
     keep = [r for r in rows if r.top1 is not None and (backend is None or r.backend == backend)
             and (int8 is None or r.int8 == int8) and (threads is None or r.threads == threads)]  # fmt: skip
@@ -208,7 +214,7 @@ def pick(rows: list[BenchRow], latency_ms: float, backend: str | None = None, in
     faster = fits[1] if len(fits) > 1 else None
     above = [r for r in ranked if r.median_ms > latency_ms and (best is None or r.top1 > best.top1)]
     slower = min(above, key=lambda r: r.top1) if above else None
-    return Pick(best, faster, slower)
+    return Pick(best, faster, slower, tuple(sorted({r.machine for r in keep})))
 
 
 # --- plot ------------------------------------------------------------------------------------------

@@ -23,9 +23,16 @@ def command_modules() -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage is one ``--help`` away)."""
+    """argparse, but a usage error is one line (the usage is one ``--help`` away) and help shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        from ._common import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())  # one line, whatever argparse (or a type) put in it
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -46,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2), --help and --version (0): returned, so main() can be called in-process
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except MobilenetsError as e:
-        print(f"mobilenets: error: {e}", file=sys.stderr)
+        print(f"mobilenets: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("mobilenets: interrupted", file=sys.stderr)

@@ -6,43 +6,52 @@ import argparse
 import sys
 
 from ..errors import ConfigError, MobilenetsError
-from ._common import format_table, positive_float, print_json, resolution_int
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
+from ._common import (
+    batch_int,
+    check_output,
+    crop_float,
+    flatten,
+    format_table,
+    int_in,
+    list_of,
+    path_arg,
+    positive_float,
+    print_json,
+    resolution_int,
+    threads_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to .tflite (LiteRT) or .onnx, float or int8, with a parity report")
     p.add_argument("--model", help="registered name (default: read the config from --weights)")
-    p.add_argument("--weights", required=True, help="weights file (.safetensors, .tflite, ...) or 'imagenet'")
+    p.add_argument("--weights", required=True, type=path_arg, help="weights file (.safetensors, .tflite, ...) or 'imagenet'")
     p.add_argument("--format", required=True, choices=("tflite", "onnx"))
     p.add_argument("--resolution", type=resolution_int, help="input size of the artifact (default: the model's)")
     p.add_argument("--int8", action="store_true", help="full-integer int8, statically calibrated on --calibration")
     p.add_argument("--calibration", help="folder of images to calibrate on (yours, never the evaluation set)")
-    p.add_argument("--calibration-size", type=int, default=200, help="images drawn from --calibration (default 200)")
+    p.add_argument("--calibration-size", type=int_in(1, 100_000, "calibration size"), default=200,
+                   help="images drawn from --calibration")  # fmt: skip
     p.add_argument("--input-type", choices=("int8", "uint8"), default="uint8",
                    help="int8 .tflite input type (default uint8: what MediaPipe and the Task Library take)")
     p.add_argument("--images", help="folder of images for the parity report (default: the calibration images)")
-    p.add_argument("--crop", type=float, help="central crop fraction recorded in the artifact (default: the weights')")
-    p.add_argument("-o", "--output", required=True, help="artifact to write")
+    p.add_argument("--crop", type=crop_float, help="central crop fraction in (0, 1] recorded in the artifact "
+                   "(default: the weights')")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, type=path_arg, help="artifact to write")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency per config and backend on this machine, joined with published top-1")
-    p.add_argument("--models", nargs="+", default=["mobilenet_v1_1.0_224"], help="names, shell wildcards or 'all'")
-    p.add_argument("--backends", nargs="+", default=None, help="default: every installed one, and auto")
+    p.add_argument("--models", "--model", nargs="+", type=list_of(str, "model names"), default=[["mobilenet_v1_1.0_224"]],
+                   help="names, shell wildcards or 'all' (space- or comma-separated)")  # fmt: skip
+    p.add_argument("--backend", "--backends", dest="backends", nargs="+", type=list_of(str, "backends"), default=None,
+                   help="space- or comma-separated (default: every installed one, and auto)")  # fmt: skip
     p.add_argument("--int8", action="store_true", help="measure int8 artifacts too (float always)")
-    p.add_argument("--threads", type=_int_list, default=[1], help="comma-separated, e.g. 1,2")
-    p.add_argument("--batch", type=_int_list, default=[1], help="images per call")
-    p.add_argument("--runs", type=int, default=50, help="timed calls per predictor (interleaved)")
+    p.add_argument("--threads", nargs="+", type=list_of(threads_int, "thread counts"), default=[[1]],
+                   help="space- or comma-separated, e.g. 1 2 or 1,2")  # fmt: skip
+    p.add_argument("--batch-size", "--batch", dest="batch", nargs="+", type=list_of(batch_int, "batch sizes"),
+                   default=[[1]], help="images per call (space- or comma-separated)")  # fmt: skip
+    p.add_argument("--runs", type=int_in(1, 100_000, "runs"), default=50, help="timed calls per predictor (interleaved)")
     p.add_argument("--calibration", help="int8 calibration images (default: synthetic; latency does not depend on them)")
     p.add_argument("--results", help="results JSON to merge into (default: $MOBILENETS_HOME/bench.json)")
     p.add_argument("--json", action="store_true")
@@ -54,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-ms", type=positive_float, required=True)
     p.add_argument("--backend", help="only this backend")
     p.add_argument("--int8", action="store_true", help="only int8 artifacts")
-    p.add_argument("--threads", type=int, help="only measurements at this thread count")
+    p.add_argument("--threads", type=threads_int, help="only measurements at this thread count")
+    p.add_argument("--any-machine", action="store_true",
+                   help="use rows of every machine (default: this machine's, when it has any)")  # fmt: skip
     p.add_argument("--results", help="bench results JSON (default: $MOBILENETS_HOME/bench.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pick)
@@ -67,10 +78,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..quantize import calibration_images, load_batch
     from ..utils import quiet_native
 
-    if args.crop is not None and not 0 < args.crop <= 1:
-        raise ConfigError(f"--crop must be in (0, 1], got {args.crop}")
-    if args.calibration_size < 1:
-        raise ConfigError(f"--calibration-size must be >= 1, got {args.calibration_size}")
+    check_output(args.output, suffixes=(f".{args.format}",))
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DIR (a folder of your images; never the evaluation set)")
     if args.calibration and not args.int8:
@@ -138,8 +146,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import load_results, pareto_plot, run_bench, save_results
     from ..runtime import backend_available
 
-    backends = args.backends or [b for b in ("torch", "onnxruntime", "litert", "openvino") if backend_available(b)] + ["auto"]
-    models = _models(args.models)
+    args.threads, args.batch = flatten(args.threads), flatten(args.batch)
+    backends = flatten(args.backends) or [b for b in ("torch", "onnxruntime", "litert", "openvino")
+                                          if backend_available(b)] + ["auto"]  # fmt: skip
+    models = _models(flatten(args.models))
+    if args.results:
+        check_output(args.results, "--results", suffixes=(".json",))
+    if args.plot:
+        check_output(args.plot, "--plot", suffixes=(".png",))
     calibration = None
     if args.calibration:
         from ..quantize import calibration_images
@@ -178,7 +192,14 @@ def cmd_pick(args: argparse.Namespace) -> int:
     from ..bench import load_results, pick
 
     rows = load_results(args.results)
-    choice = pick(rows, args.latency_ms, args.backend, True if args.int8 else None, args.threads)
+    choice = pick(rows, args.latency_ms, args.backend, True if args.int8 else None, args.threads,
+                  any_machine=args.any_machine)  # fmt: skip
+    from ..utils import machine_id
+
+    if not args.any_machine and machine_id() not in choice.machines:
+        print(f"mobilenets: warning: nothing was measured on this machine ({machine_id()}); answering from "
+              f"{', '.join(choice.machines)} (run `mobilenets bench` here for numbers that hold here)",
+              file=sys.stderr)  # fmt: skip
     if args.json:
         print_json({"best": _d(choice.best), "faster": _d(choice.faster), "slower": _d(choice.slower)})
         return 0

@@ -7,7 +7,7 @@ import argparse
 from ..builder import create_model
 from ..models.registry import get_spec, list_models, mobilenet_v1
 from ..profile import profile_model
-from ._common import format_table, positive_float, print_json, resolution_int
+from ._common import MAX_ALPHA, MAX_RESOLUTION, alpha_float, format_table, int_in, print_json, resolution_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("profile", help="MACs and params of any config, measured on the module")
     p.add_argument("--model", help="a registered name (default: built from --alpha/--resolution)")
-    p.add_argument("--alpha", type=positive_float, help="width multiplier (> 0)")
-    p.add_argument("--resolution", type=resolution_int, help="input side (>= 32)")
-    p.add_argument("--classes", type=int, default=1001, help="classifier outputs (default 1001)")
+    p.add_argument("--alpha", type=alpha_float, help=f"width multiplier in (0, {MAX_ALPHA:g}] (default: the model's, else 1.0)")
+    p.add_argument("--resolution", type=resolution_int, help=f"input side, 32..{MAX_RESOLUTION} (default: the model's, else 224)")
+    p.add_argument("--classes", type=int_in(0, 100_000, "classes"), default=1001, help="classifier outputs (0: backbone only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import WeightsError
 from ..models.registry import CATALOG
 from ..utils import sha256_file
 from ..weights import build_model, check_fits, read_weights, save_weights
 from ..weights.cache import fetch_official
-from ._common import resolution_int
+from ._common import check_output, path_arg, resolution_int
 
 # Keys of a source's metadata that describe how it was read; carried into the new file's header.
 _CARRIED = ("input_quantization", "ema", "archive_member", "format")
@@ -23,10 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "source",
+        type=path_arg,
         help="a weights file, a checkpoint prefix (X.ckpt), or an official name, "
         "e.g. mobilenet_v1_1.0_224 or mobilenet_v1_0.5_160_quant (downloaded once)",
     )
-    p.add_argument("-o", "--output", required=True, help="the .safetensors to write")
+    p.add_argument("-o", "--output", required=True, type=path_arg, help="the .safetensors to write")
     p.add_argument("--model", help="a registered name the weights must fit (same alpha and resolution)")
     p.add_argument(
         "--resolution",
@@ -45,8 +47,13 @@ def _source_path(source: str) -> Path:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    check_output(args.output, suffixes=(".safetensors",))
     path = _source_path(args.source)
     w = read_weights(path)
+    arch = w.cfg.arch if w.cfg is not None else "mobilenet_v1"
+    if arch != "mobilenet_v1":
+        raise WeightsError(f"{path}: not a MobileNet v1 classifier/backbone but a {arch} model; run it as it is "
+                           "(--weights FILE)")  # fmt: skip
     resolution = check_fits(w, args.model, resolution=args.resolution) if args.model else args.resolution
     model = build_model(w, resolution=resolution)
     cfg = model.pretrained_cfg

@@ -103,7 +103,7 @@ def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str
     correct1 = correct5 = n = 0
     skipped = SkipCorrupt()
     start = time.perf_counter()
-    with tqdm(total=len(ds), unit="img", desc="evaluate", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(ds), unit="img", desc="evaluate", disable=None if progress else True, file=sys.stderr) as bar:
         for images, labels, bad in loader:
             for err in bad:
                 skipped.record(err)

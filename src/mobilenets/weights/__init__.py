@@ -59,6 +59,7 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
     """Read any supported weights file, with its contract in ``.cfg``; `WeightsError` names the problem otherwise."""
     w = _read(Path(path))
     check_finite(w.state_dict, path)
+    check_magnitudes(w.state_dict, path)
     if w.cfg is None:
         w.cfg = contract_of(w)
     return w
@@ -71,6 +72,8 @@ def _read(path: Path) -> LoadedWeights:
 
         return read_slim_checkpoint(path)
     if not path.exists():
+        if path.is_symlink():
+            raise WeightsError(f"{path}: a symbolic link to nothing (broken, or a loop of links)")
         raise WeightsError(f"{path}: no such file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory; give the weights file inside it")
@@ -80,8 +83,15 @@ def _read(path: Path) -> LoadedWeights:
     except OSError as e:
         raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
     if head[4:8] == b"TFL3":
-        from .tflite import read_tflite
+        from .deeplab_tflite import is_segmenter_graph, read_deeplab_tflite
+        from .ssd_tflite import is_detector_graph, read_ssd_weights
+        from .tflite import TFLiteGraph, read_tflite
 
+        graph = TFLiteGraph(path)
+        if is_detector_graph(graph):
+            return read_ssd_weights(path)
+        if is_segmenter_graph(graph):
+            return read_deeplab_tflite(path)
         return read_tflite(path)
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         from .keras_h5 import read_keras_h5
@@ -91,7 +101,12 @@ def _read(path: Path) -> LoadedWeights:
         from .archive import read_release_archive
 
         return read_release_archive(path)
-    if path.suffix == ".safetensors" or len(head) >= 8:
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5", ".keras"):
+        raise WeightsError(f"{path}: not an HDF5 file (no HDF5 signature), so not Keras .h5 weights")
+    if suffix == ".tflite":
+        raise WeightsError(f"{path}: not a .tflite flatbuffer (missing 'TFL3' identifier)")
+    if suffix == ".safetensors" or len(head) >= 8:
         return read_safetensors(path)
     raise WeightsError(f"{path}: unrecognised weights format")
 
@@ -115,12 +130,42 @@ def contract_of(w: LoadedWeights) -> PretrainedCfg:
                        source=w.meta.get("source") or w.source, sha256=w.meta.get("sha256"))  # fmt: skip
 
 
+def _values(t: torch.Tensor):
+    """A float tensor as a numpy array when numpy has its dtype (fast for the many small tensors), else itself."""
+    t = t.detach()
+    return t.cpu().numpy() if t.dtype in (torch.float32, torch.float64, torch.float16) else t.float()
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
     """`WeightsError` naming the first tensor holding NaN or Inf (a corrupt or diverged file)."""
+    import numpy as np
+
     for name, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise WeightsError(f"{source}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf): corrupt weights")
+        if t.is_floating_point() and t.numel():
+            v = _values(t)
+            ok = np.isfinite(v) if isinstance(v, np.ndarray) else torch.isfinite(v)
+            if not bool(ok.all()):
+                bad = int((~ok).sum())
+                raise WeightsError(f"{source}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf): corrupt weights")
+
+
+# Far above any trained MobileNet (folded .tflite weights reach ~70, BN statistics a few hundred):
+# larger values are a damaged file, and would silently swamp every output they touch.
+MAX_ABS_VALUE = 1e6
+
+
+def check_magnitudes(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """`WeightsError` naming the first tensor with a value beyond `MAX_ABS_VALUE`, or a negative BN variance."""
+    for name, t in state.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        v = _values(t)
+        biggest, smallest = float(abs(v).max()), float(v.min())
+        if biggest > MAX_ABS_VALUE:
+            raise WeightsError(f"{source}: tensor {name!r} holds {biggest:.3g}, beyond any trained weight "
+                               f"(|w| <= {MAX_ABS_VALUE:g}): corrupt weights")  # fmt: skip
+        if name.endswith("running_var") and smallest < 0:
+            raise WeightsError(f"{source}: tensor {name!r} (a variance) is negative: corrupt weights")
 
 
 # --- our own format ----------------------------------------------------------------------
@@ -181,11 +226,16 @@ def read_safetensors(path: Path) -> LoadedWeights:
         raise WeightsError(f"{path}: tensor data does not match the digest in its header (corrupted file)")
     try:
         info = json.loads(header.get(_META_KEY, "{}"))
+        if isinstance(info, dict) and digest is None and _CFG_KEY in header and int(info.get("format_version", 0)) >= 2:
+            # save_weights has always written the digest with format 2: its absence means an edited file
+            raise WeightsError(f"{path}: written by this package but its tensor digest is missing (edited file?)")
         cfg = PretrainedCfg.from_json(header[_CFG_KEY]) if _CFG_KEY in header else None
-    except (ValueError, ConfigError) as e:
+    except (ValueError, TypeError, ConfigError) as e:
         raise WeightsError(f"{path}: unreadable contract in the file's header ({e})") from None
     if not isinstance(info, dict):
         raise WeightsError(f"{path}: unreadable metadata in the file's header (not a JSON object)")
+    if cfg is not None:
+        check_cfg(cfg, path)
     if cfg is not None and cfg.arch != "mobilenet_v1":
         return LoadedWeights(state, float(cfg.arch_cfg.get("alpha", 1.0)), cfg.num_classes, cfg.resolution,
                              str(path), "safetensors", list(cfg.labels) if cfg.labels else None, info, cfg)  # fmt: skip
@@ -201,6 +251,40 @@ def read_safetensors(path: Path) -> LoadedWeights:
     labels = list(cfg.labels) if cfg is not None and cfg.labels else info.get("labels")
     resolution = cfg.resolution if cfg is not None else info.get("resolution")
     return LoadedWeights(state, alpha, num_classes, resolution, str(path), "safetensors", labels, info, cfg)
+
+
+def check_cfg(cfg: PretrainedCfg, source: str | os.PathLike) -> None:
+    """`WeightsError` unless a contract read from a file is usable: its header is not covered by the tensor digest."""
+    import math
+
+    from ..models.cfg import DECODERS, RESIZERS
+
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{source}: the contract in the file's header is damaged ({what})")
+
+    size = tuple(cfg.input_size) if isinstance(cfg.input_size, (list, tuple)) else ()
+    if len(size) != 3 or not all(isinstance(v, int) and 0 < v <= 4096 for v in size):
+        raise bad(f"input_size {cfg.input_size!r}")
+    for name in ("mean", "std"):
+        values = getattr(cfg, name)
+        if not isinstance(values, (list, tuple)) or len(values) != size[0] or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in values
+        ):
+            raise bad(f"{name} {values!r} for {size[0]} channels")
+    if not all(v > 0 for v in cfg.std):
+        raise bad(f"std {cfg.std!r}")
+    if not isinstance(cfg.crop_fraction, (int, float)) or not 0 < cfg.crop_fraction <= 1:
+        raise bad(f"crop_fraction {cfg.crop_fraction!r}")
+    if cfg.decode not in DECODERS or cfg.resize not in RESIZERS:
+        raise bad(f"decode {cfg.decode!r} / resize {cfg.resize!r}")
+    if not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+        raise bad(f"num_classes {cfg.num_classes!r}")
+    if not isinstance(cfg.label_offset, int) or not 0 <= cfg.label_offset <= max(cfg.num_classes, 1):
+        raise bad(f"label_offset {cfg.label_offset!r}")
+    if cfg.labels is not None and (len(cfg.labels) != cfg.num_classes or not all(isinstance(v, str) for v in cfg.labels)):
+        raise bad(f"{len(cfg.labels)} labels for {cfg.num_classes} classes")
+    if not isinstance(cfg.arch_cfg, dict):
+        raise bad("arch_cfg")
 
 
 # --- weights -> model ----------------------------------------------------------------------

@@ -12,6 +12,15 @@ resumes too). A download that turns out unreadable is deleted; the converted fil
 written atomically. The catalog's URLs are tried in order (release ``.tgz``, then the Keras
 ``.h5``). When none can be fetched, the error names the URLs and the exact path where a
 file downloaded by hand is picked up.
+
+Integrity. A file whose sha256 is pinned in `PINNED_SHA256` is refused when its bytes
+differ, whether downloaded or put in ``downloads/`` by hand. The release ``.tgz`` and
+Keras ``.h5`` files have no published digests and no copy was available to verify, so
+none are pinned yet; for those the first file seen is trusted and its sha256 recorded
+(``downloads/SHA256SUMS``, and in the converted file's ``sha256``): a later file under the
+same name with other bytes is refused until the record line is removed. The converted
+``<name>.safetensors`` is validated on every read (its tensor digest, and the recorded
+download sha256 against the pin); a cache entry that fails is converted again.
 """
 
 from __future__ import annotations
@@ -26,6 +35,10 @@ from pathlib import Path
 from ..errors import WeightsError
 from ..models.registry import CATALOG, WeightsEntry
 from ..utils import cache_dir, sha256_file
+
+# sha256 of published files, by the file name of their URL; only digests checked against a real
+# copy belong here (Google publishes none for the 2018 .tgz releases or the Keras .h5 files).
+PINNED_SHA256: dict[str, str] = {}
 
 CHUNK = 1 << 20
 RESUME_ATTEMPTS = 5
@@ -85,7 +98,7 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     raise DownloadError(f"transfer kept breaking off; partial download kept at {part}, run again to resume")
 
 
-def _convert(entry: WeightsEntry, raw: Path, url: str, out: Path) -> Path:
+def _convert(entry: WeightsEntry, raw: Path, url: str, out: Path, sha256: str | None = None) -> Path:
     """Read a downloaded file, check it against the catalog entry and save it as our safetensors."""
     from . import build_model, read_weights, save_weights
 
@@ -95,8 +108,71 @@ def _convert(entry: WeightsEntry, raw: Path, url: str, out: Path) -> Path:
     model = build_model(w, resolution=entry.resolution)
     e = entry.cfg
     return save_weights(model, out, metrics=e.metrics, tag=e.tag, recipe=e.recipe, quantization=e.quantization,
-                        url=url, source=url, sha256=sha256_file(raw), format=w.format,
+                        url=url, source=url, sha256=sha256 or sha256_file(raw), format=w.format,
                         input_quantization=w.meta.get("input_quantization"))  # fmt: skip
+
+
+def _sums_file() -> Path:
+    return cache_dir() / "downloads" / "SHA256SUMS"
+
+
+def recorded_sha256() -> dict[str, str]:
+    """``{file name: sha256}`` of downloads seen before (trust on first use), from ``downloads/SHA256SUMS``."""
+    try:
+        lines = _sums_file().read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 64:
+            out[parts[1]] = parts[0]
+    return out
+
+
+def _record_sha256(file_name: str, digest: str) -> None:
+    from ..utils import atomic_write
+
+    sums = {**recorded_sha256(), file_name: digest}
+    try:
+        with atomic_write(_sums_file()) as tmp:
+            tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    except OSError:
+        pass  # a read-only cache: the pin, where there is one, still applies
+
+
+def expected_sha256(url: str) -> tuple[str | None, str]:
+    """(the sha256 a download must have, where that comes from: 'pinned' or 'recorded'), or (None, '')."""
+    name = download_path(url).name
+    if name in PINNED_SHA256:
+        return PINNED_SHA256[name], "pinned"
+    if name in recorded_sha256():
+        return recorded_sha256()[name], "recorded"
+    return None, ""
+
+
+def check_download(url: str, raw: Path) -> str:
+    """The sha256 of ``raw``; `WeightsError` when it differs from the pinned (or first recorded) digest."""
+    digest = sha256_file(raw)
+    want, how = expected_sha256(url)
+    if want is not None and digest != want:
+        hint = "" if how == "pinned" else f" (recorded on first use in {_sums_file()}; remove that line to accept it)"
+        raise WeightsError(f"{raw}: sha256 {digest[:16]}... differs from the {how} {want[:16]}... for {url}{hint}")
+    return digest
+
+
+def _valid_cache(out: Path) -> bool:
+    """Whether a converted cache file reads back whole (tensor digest) and matches any pinned download digest."""
+    from . import read_weights
+
+    try:
+        w = read_weights(out)
+    except WeightsError:
+        return False
+    url = w.cfg.url if w.cfg is not None else None
+    if url and download_path(url).name in PINNED_SHA256:
+        return w.cfg.sha256 == PINNED_SHA256[download_path(url).name]
+    return True
 
 
 def fetch_official(name: str, progress: bool = True) -> Path:
@@ -109,7 +185,9 @@ def fetch_official(name: str, progress: bool = True) -> Path:
         )
     out = cache_dir() / f"{name}.safetensors"
     if out.is_file():
-        return out
+        if _valid_cache(out):
+            return out
+        out.unlink(missing_ok=True)  # damaged or stale: converted again below
     failures = []
     for url in entry.urls:
         raw = download_path(url)
@@ -117,7 +195,11 @@ def fetch_official(name: str, progress: bool = True) -> Path:
         try:
             if fetched:
                 download(url, raw, progress)
-            return _convert(entry, raw, url, out)
+            digest = check_download(url, raw)
+            converted = _convert(entry, raw, url, out, digest)
+            if expected_sha256(url)[0] is None:
+                _record_sha256(raw.name, digest)  # trust on first use, once the file proved readable
+            return converted
         except DownloadError as e:
             failures.append(f"{url} ({e})")
         except WeightsError as e:

@@ -107,8 +107,9 @@ def read_keras_h5(path: str | Path) -> LoadedWeights:
                 if "layer_names" not in root.attrs:
                     raise WeightsError(f"{path}: HDF5 file holds no Keras weights (no layer_names attribute)")
                 layers, resolution = _named_layers(root), _resolution(f.attrs)
-    except (OSError, KeyError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable Keras .h5 file ({e})") from None
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
+        # h5py reports damaged files with any of these, depending on which structure broke
+        raise WeightsError(f"{path}: unreadable Keras .h5 file ({type(e).__name__}: {e})") from None
     if "conv_pw_13" not in layers:
         raise WeightsError(f"{path}: not a Keras MobileNet (v1) file (no conv_pw_13 layer)")
 
@@ -122,18 +123,27 @@ def read_keras_h5(path: str | Path) -> LoadedWeights:
             bn_values = {v: stats[v] for v in _BN_VARS}
         except KeyError as e:
             raise WeightsError(f"{path}: Keras MobileNet layer {conv}/{bn} lacks {e}") from None
+        if kernel.ndim != 4 or kernel.dtype.kind != "f":
+            raise WeightsError(f"{path}: Keras layer {conv} kernel has shape {kernel.shape} ({kernel.dtype}), "
+                               "expected a 4-D float kernel")  # fmt: skip
         if scope.endswith("_depthwise"):  # (kh, kw, C, M) -> (C*M, 1, kh, kw)
             weight = kernel.transpose(2, 3, 0, 1).reshape(-1, 1, *kernel.shape[:2])
         else:  # HWIO -> OIHW
             weight = kernel.transpose(3, 2, 0, 1)
         state[f"features.{scope}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(weight, np.float32))
         for var, value in bn_values.items():
+            if value.shape != (weight.shape[0],) or value.dtype.kind != "f":
+                raise WeightsError(f"{path}: Keras layer {bn} {var} has shape {value.shape} ({value.dtype}), "
+                                   f"expected ({weight.shape[0]},) float")  # fmt: skip
             state[f"features.{scope}.bn.{_OURS_BN[var]}"] = torch.from_numpy(np.asarray(value, np.float32))
     num_classes = 0
     if "conv_preds" in layers:
         head = layers["conv_preds"]
         if set(head) != {"kernel", "bias"}:
             raise WeightsError(f"{path}: conv_preds should have a kernel and a bias, has {sorted(head)}")
+        k, b = head["kernel"], head["bias"]
+        if k.ndim != 4 or b.ndim != 1 or k.shape[3] != b.shape[0] or k.dtype.kind != "f" or b.dtype.kind != "f":
+            raise WeightsError(f"{path}: conv_preds kernel {k.shape} and bias {b.shape} do not fit together")
         state["classifier.weight"] = torch.from_numpy(
             np.ascontiguousarray(head["kernel"].transpose(3, 2, 0, 1), np.float32)
         )

@@ -22,6 +22,7 @@ come from them; ``use_ema=False`` reads the raw training values instead.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,17 @@ def _apply(cols: np.ndarray, regs: np.ndarray) -> np.ndarray:
     return np.bitwise_xor.reduce(np.where(bits.astype(bool), cols[None, :], np.uint32(0)), axis=1)
 
 
+@functools.lru_cache(maxsize=256)
+def _zero_maps(lanes: int, width: int) -> tuple[np.ndarray, ...]:
+    """The join matrices of each tree level for ``lanes`` lanes of ``width`` bytes (the same for every call)."""
+    maps = []
+    zeros = _feed(np.uint32(1) << np.arange(32, dtype=np.uint32), np.zeros((32, width), np.uint8))
+    while lanes > 1:
+        maps.append(zeros)
+        zeros, lanes = _apply(zeros, zeros), lanes // 2
+    return tuple(maps)
+
+
 def crc32c(data: bytes) -> int:
     """CRC32C of ``data``.
 
@@ -83,10 +95,8 @@ def crc32c(data: bytes) -> int:
     regs = np.zeros(lanes, np.uint32)
     regs[0] = 0xFFFFFFFF
     regs = _feed(regs, buf[: lanes * width].reshape(lanes, width))
-    zeros = _feed(np.uint32(1) << np.arange(32, dtype=np.uint32), np.zeros((32, width), np.uint8))
-    while len(regs) > 1:
+    for zeros in _zero_maps(lanes, width):
         regs = _apply(zeros, regs[0::2]) ^ regs[1::2]
-        zeros = _apply(zeros, zeros)
     reg = _feed(regs, buf[lanes * width :][None, :])
     return int(reg[0]) ^ 0xFFFFFFFF
 

@@ -44,16 +44,142 @@ def _tensor_type_to_numpy(schema) -> dict[int, np.dtype]:
             t.INT64: np.int64, t.INT16: np.int16}  # fmt: skip
 
 
+# --- bounds-checked flatbuffer walk -----------------------------------------------------------
+#
+# The generated Python accessors trust every offset: a truncated or damaged file makes them
+# raise struct.error/IndexError deep inside the caller, or read another tensor's bytes
+# (a vector index past its length is not checked). `verify_flatbuffer` walks every table
+# of the TFLite schema that anything in this package reads, before any accessor runs, and
+# checks each offset, vector and string against the buffer and each index against the
+# table it indexes: afterwards every accessor reads inside the file.
+
+# field kinds: ("t", schema) table, ("v", schema) vector of tables, ("s",) string, ("n", width) scalar
+# vector, ("x", width) scalar, ("u",) union table (scalars only: options tables)
+_U8, _I32, _I64, _F32 = ("x", 1), ("x", 4), ("x", 8), ("x", 4)
+_FB_SCHEMA: dict[str, dict[int, tuple]] = {
+    "Model": {0: _I32, 1: ("v", "OperatorCode"), 2: ("v", "SubGraph"), 3: ("s",), 4: ("v", "Buffer"),
+              5: ("n", 4), 6: ("v", "Metadata"), 7: ("v", "SignatureDef")},
+    "OperatorCode": {0: _U8, 1: ("s",), 2: _I32, 3: _I32},
+    "SubGraph": {0: ("v", "Tensor"), 1: ("n", 4), 2: ("n", 4), 3: ("v", "Operator"), 4: ("s",)},
+    "Tensor": {0: ("n", 4), 1: _U8, 2: _I32, 3: ("s",), 4: ("t", "QuantizationParameters"), 5: _U8,
+               6: ("u",), 7: ("n", 4), 8: _U8},
+    "QuantizationParameters": {0: ("n", 4), 1: ("n", 4), 2: ("n", 4), 3: ("n", 8), 4: _U8, 5: ("u",), 6: _I32},
+    "Operator": {0: _I32, 1: ("n", 4), 2: ("n", 4), 3: _U8, 4: ("u",), 5: ("n", 1), 6: _U8, 7: ("n", 1),
+                 8: ("n", 4), 9: _I64, 10: _I64, 11: _U8, 12: ("u",)},
+    "Buffer": {0: ("n", 1), 1: _I64, 2: _I64},
+    "Metadata": {0: ("s",), 1: _I32},
+    "SignatureDef": {0: ("v", "TensorMap"), 1: ("v", "TensorMap"), 2: ("s",), 3: ("s",), 4: _I32},
+    "TensorMap": {0: ("s",), 1: _I32},
+}  # fmt: skip
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _Walker:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.n = data, len(data)
+
+    def u32(self, pos: int) -> int:
+        if pos < 0 or pos + 4 > self.n:
+            raise _Corrupt(f"offset {pos} outside the file")
+        return int.from_bytes(self.data[pos : pos + 4], "little")
+
+    def table(self, pos: int, schema: str | None, depth: int = 0) -> dict[int, int]:
+        """Check the table at ``pos``; return {field: absolute position} of the fields present."""
+        if pos < 0 or pos + 4 > self.n or depth > 8:
+            raise _Corrupt(f"table at {pos} outside the file")
+        vt = pos - int.from_bytes(self.data[pos : pos + 4], "little", signed=True)
+        if vt < 0 or vt + 4 > self.n:
+            raise _Corrupt(f"vtable of table at {pos} outside the file")
+        vsize = int.from_bytes(self.data[vt : vt + 2], "little")
+        tsize = int.from_bytes(self.data[vt + 2 : vt + 4], "little")
+        if vsize < 4 or vsize % 2 or vt + vsize > self.n or tsize < 4 or pos + tsize > self.n:
+            raise _Corrupt(f"malformed vtable for table at {pos}")
+        fields = {}
+        for i in range((vsize - 4) // 2):
+            off = int.from_bytes(self.data[vt + 4 + 2 * i : vt + 6 + 2 * i], "little")
+            if off:
+                fields[i] = pos + off
+        kinds = _FB_SCHEMA.get(schema, {}) if schema else {}
+        for i, at in fields.items():
+            kind = kinds.get(i, ("x", 1))
+            width = kind[1] if kind[0] == "x" else 4
+            if at + width > pos + tsize or at + width > self.n:
+                raise _Corrupt(f"field {i} of table at {pos} runs past it")
+            if kind[0] == "x":
+                continue
+            target = at + self.u32(at)
+            if kind[0] == "t":
+                self.table(target, kind[1], depth + 1)
+            elif kind[0] == "u":
+                self.table(target, None, depth + 1)
+            elif kind[0] == "s":
+                self.vector(target, 1, extra=1)
+            elif kind[0] == "n":
+                self.vector(target, kind[1])
+            else:  # vector of tables
+                count = self.vector(target, 4)
+                for j in range(count):
+                    el = target + 4 + 4 * j
+                    self.table(el + self.u32(el), kind[1], depth + 1)
+        return fields
+
+    def vector(self, pos: int, width: int, extra: int = 0) -> int:
+        count = self.u32(pos)
+        if pos + 4 + count * width + extra > self.n:
+            raise _Corrupt(f"vector at {pos} ({count} x {width} bytes) runs past the end of the file")
+        return count
+
+
+def verify_flatbuffer(data: bytes) -> None:
+    """Raise `_Corrupt` unless every part of the TFLite model this package reads lies inside ``data``."""
+    if len(data) < 8:
+        raise _Corrupt("shorter than a flatbuffer header")
+    _Walker(data).table(int.from_bytes(data[:4], "little"), "Model")
+
+
+def _check_indices(model) -> None:
+    """Every index in the graph points inside the table it indexes (the accessors do not check)."""
+    n_codes, n_buffers = model.OperatorCodesLength(), model.BuffersLength()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        n_tensors = sg.TensorsLength()
+        ios = [sg.InputsAsNumpy(), sg.OutputsAsNumpy()]
+        for t in range(n_tensors):
+            tensor = sg.Tensors(t)
+            if tensor.Buffer() >= max(n_buffers, 1) or tensor.Name() is None or tensor.ShapeIsNone():
+                raise _Corrupt(f"tensor {t} has a bad buffer index, no name or no shape")
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            if op.OpcodeIndex() >= n_codes:
+                raise _Corrupt(f"operator {i} has opcode index {op.OpcodeIndex()} of {n_codes}")
+            ios += [op.InputsAsNumpy(), op.OutputsAsNumpy()]
+        for arr in ios:
+            if not isinstance(arr, int) and len(arr) and (int(arr.min()) < -1 or int(arr.max()) >= n_tensors):
+                raise _Corrupt(f"a tensor index outside 0..{n_tensors - 1}")
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        if m.Buffer() >= n_buffers or m.Name() is None:
+            raise _Corrupt(f"metadata {i} has a bad buffer index or no name")
+
+
 class TFLiteGraph:
-    """Minimal read access to subgraph 0 of a TFLite model."""
+    """Minimal read access to subgraph 0 of a TFLite model (bounds-checked: see `verify_flatbuffer`)."""
 
     def __init__(self, path: Path) -> None:
         schema = _schema()
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
         if len(data) < 8 or data[4:8] != _TFLITE_IDENT:
             raise WeightsError(f"{path}: not a .tflite flatbuffer (missing 'TFL3' identifier)")
         try:
+            verify_flatbuffer(data)
             self.model = schema.Model.GetRootAsModel(data, 0)
+            _check_indices(self.model)
             if self.model.SubgraphsLength() < 1:
                 raise WeightsError(f"{path}: .tflite file has no subgraph")
             self.sg = self.model.Subgraphs(0)
@@ -61,8 +187,8 @@ class TFLiteGraph:
             self.ops = [self._op_name(self.sg.Operators(i)) for i in range(self.sg.OperatorsLength())]
         except WeightsError:
             raise
-        except Exception as e:  # noqa: BLE001 (flatbuffers raises struct/index errors on damaged files)
-            raise WeightsError(f"{path}: corrupt or truncated .tflite file ({type(e).__name__})") from None
+        except _Corrupt as e:
+            raise WeightsError(f"{path}: corrupt or truncated .tflite file ({e})") from None
         self.schema, self.data, self.path = schema, data, path
         self.np_types = _tensor_type_to_numpy(schema)
 
@@ -76,6 +202,8 @@ class TFLiteGraph:
 
     def array(self, index: int) -> np.ndarray:
         """A constant tensor's value, dequantized to float32."""
+        if not 0 <= index < self.sg.TensorsLength():
+            raise WeightsError(f"{self.path}: an operator lacks a constant input (tensor index {index})")
         t = self.tensor(index)
         buf = self.model.Buffers(t.Buffer())
         raw = buf.DataAsNumpy() if buf is not None and buf.DataLength() else None
@@ -85,7 +213,11 @@ class TFLiteGraph:
         if dtype is None:
             raise WeightsError(f"{self.path}: unsupported tensor type {t.Type()} for {t.Name().decode()!r}")
         shape = tuple(int(s) for s in t.ShapeAsNumpy())
-        arr = np.frombuffer(raw.tobytes(), dtype=dtype)
+        raw = raw.tobytes()
+        if len(raw) % np.dtype(dtype).itemsize:
+            raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {len(raw)} bytes, not a whole number "
+                               f"of {np.dtype(dtype).name} values (corrupt file)")  # fmt: skip
+        arr = np.frombuffer(raw, dtype=dtype)
         if arr.size != int(np.prod(shape)):
             raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {arr.size} values for shape {shape}")
         arr = arr.reshape(shape)
@@ -96,9 +228,15 @@ class TFLiteGraph:
             raise WeightsError(f"{self.path}: integer tensor {t.Name().decode()!r} has no quantization scale")
         scale = q.ScaleAsNumpy().astype(np.float64)
         zero = q.ZeroPointAsNumpy().astype(np.float64) if q.ZeroPointLength() else np.zeros_like(scale)
+        if zero.size != scale.size or not np.isfinite(scale).all():
+            raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has inconsistent quantization parameters")
         if scale.size > 1:  # per-channel along quantized_dimension
+            dim = q.QuantizedDimension()
+            if not 0 <= dim < arr.ndim or arr.shape[dim] != scale.size:
+                raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {scale.size} scales for shape "
+                                   f"{shape} along dimension {dim}")  # fmt: skip
             bshape = [1] * arr.ndim
-            bshape[q.QuantizedDimension()] = scale.size
+            bshape[dim] = scale.size
             scale, zero = scale.reshape(bshape), zero.reshape(bshape)
         return ((arr.astype(np.float64) - zero) * scale).astype(np.float32)
 
@@ -111,6 +249,8 @@ class TFLiteGraph:
     def conv_options(self, op) -> int:
         """The stride of a conv/depthwise op."""
         opts = op.BuiltinOptions()
+        if opts is None:
+            raise WeightsError(f"{self.path}: a {self.ops_of(op)} operator has no options (corrupt file)")
         cls = self.schema.DepthwiseConv2DOptions if self.ops_of(op) == "DEPTHWISE_CONV_2D" else self.schema.Conv2DOptions
         o = cls()
         o.Init(opts.Bytes, opts.Pos)
@@ -150,8 +290,12 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     quantized = False
     strides = []
     for (idx, op), scope in zip(convs[:27], names):
+        if op.InputsLength() < 2:
+            raise WeightsError(f"{path}: {g.ops[idx]} operator #{idx} has no weights input (corrupt file)")
         w_idx, b_idx = op.Inputs(1), op.Inputs(2) if op.InputsLength() > 2 else -1
         w = g.array(w_idx)
+        if w.ndim != 4:
+            raise WeightsError(f"{path}: {scope} weights have shape {w.shape}, expected 4 dimensions")
         quantized |= g.tensor(w_idx).Type() != g.schema.TensorType.FLOAT32
         stride = g.conv_options(op)
         strides.append(stride)
@@ -161,6 +305,8 @@ def read_tflite(path: str | Path) -> LoadedWeights:
             weight = w.transpose(0, 3, 1, 2)  # OHWI -> OIHW
         out_ch = weight.shape[0]
         bias = g.array(b_idx) if b_idx >= 0 else np.zeros(out_ch, np.float32)
+        if bias.shape != (out_ch,):
+            raise WeightsError(f"{path}: {scope} bias has shape {bias.shape}, expected ({out_ch},)")
         prefix = f"features.{scope}"
         state[f"{prefix}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(weight))
         state[f"{prefix}.bn.weight"] = torch.ones(out_ch)
@@ -178,14 +324,18 @@ def read_tflite(path: str | Path) -> LoadedWeights:
     num_classes = 0
     if len(convs) == 28:
         _, op = convs[27]
+        if op.InputsLength() < 2:
+            raise WeightsError(f"{path}: the logits operator has no weights input (corrupt file)")
         w = g.array(op.Inputs(1))
         b = g.array(op.Inputs(2)) if op.InputsLength() > 2 else np.zeros(w.shape[0], np.float32)
-        if w.shape[1:3] != (1, 1) or w.shape[3] != final:
+        if w.ndim != 4 or w.shape[1:3] != (1, 1) or w.shape[3] != final or b.shape != (w.shape[0],):
             raise WeightsError(f"{path}: logits layer has shape {w.shape}, expected [classes, 1, 1, {final}]")
         state["classifier.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 3, 1, 2)))
         state["classifier.bias"] = torch.from_numpy(b.copy())
         num_classes = int(w.shape[0])
 
+    if g.sg.InputsLength() < 1:
+        raise WeightsError(f"{path}: the graph has no input tensor")
     inp = g.sg.Inputs(0)
     in_shape = [int(s) for s in g.tensor(inp).ShapeAsNumpy()]
     resolution = in_shape[1] if len(in_shape) == 4 and in_shape[1] == in_shape[2] and in_shape[1] > 0 else None
@@ -201,11 +351,13 @@ def labels_from_metadata(g: TFLiteGraph) -> list[str] | None:
     ours = meta.get("mobilenets")
     if ours:
         try:
-            return json.loads(ours.decode()).get("labels")
-        except (ValueError, UnicodeDecodeError):
+            labels = json.loads(ours.decode()).get("labels")
+        except (ValueError, UnicodeDecodeError, AttributeError):
             return None
+        return [str(v) for v in labels] if isinstance(labels, list) else None
     import io
     import zipfile
+    import zlib
 
     try:
         with zipfile.ZipFile(io.BytesIO(g.data)) as z:  # metadata files are zipped onto the model
@@ -214,6 +366,6 @@ def labels_from_metadata(g: TFLiteGraph) -> list[str] | None:
                     lines = z.read(name).decode("utf-8", "replace").splitlines()
                     if len(lines) > 1:
                         return lines
-    except (zipfile.BadZipFile, OSError):
-        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, KeyError, RuntimeError, zlib.error):
+        pass  # damaged packed metadata: the file's tensors are still readable
     return None
