@@ -47,6 +47,9 @@ bench: $(VENV)/.installed-$(EXTRAS_TEST)
 	$(BIN)/python benchmarks/deploy_accuracy.py
 	$(BIN)/python benchmarks/deploy_speed.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/torch_speed.py
+	$(BIN)/python benchmarks/detect_speed.py
+	$(BIN)/python benchmarks/segment_speed.py
 
 lint: $(VENV)/.installed-$(EXTRAS_TEST)
 	$(BIN)/ruff check src tests benchmarks

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .data.images import is_image_file, load_image
 from .data.transforms import EvalTransform
 from .errors import ImageError, MobilenetsError
+from .utils import x86_without_vnni
 
 DEFAULT_CALIBRATION_SIZE = 200
 
@@ -125,6 +126,17 @@ def pt2e_quantizer():
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map=qmap, output_qspec=spec, _annotated=True
                 )
+            # Residual ADDs (MobileNet v2 blocks, conv or ADD outputs on both sides) run in int8 too;
+            # litert-torch's own add pattern needs source metadata the exported graph lacks.
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target != aten.add.Tensor or "quantization_annotation" in node.meta:
+                    continue
+                a, b = node.args[:2]
+                if all(isinstance(v, torch.fx.Node) and v.target in (*convs, aten.add.Tensor) for v in (a, b)):
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={a: pqu.get_input_act_qspec(cfg), b: pqu.get_input_act_qspec(cfg)},
+                        output_qspec=pqu.get_output_act_qspec(cfg), _annotated=True,
+                    )  # fmt: skip
             return super().annotate(model)
 
     cfg = pq.get_symmetric_quantization_config(is_per_channel=True)
@@ -143,7 +155,7 @@ def pt2e_calibrate(module, example_nhwc: np.ndarray, calibration: np.ndarray, ba
     quantizer = pt2e_quantizer()
     prepared = quantize_pt2e.prepare_pt2e(ep.module(), quantizer)
     with torch.no_grad():
-        for i in tqdm(range(0, len(calibration), batch), desc="calibrating", unit="batch", leave=False):
+        for i in tqdm(range(0, len(calibration), batch), desc="calibrating", unit="batch", leave=False, disable=None):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + batch].transpose(0, 2, 3, 1))))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -154,14 +166,31 @@ def pt2e_calibrate(module, example_nhwc: np.ndarray, calibration: np.ndarray, ba
 # --- ONNX Runtime: QDQ, static calibration ----------------------------------------------------
 
 
-# x86 without VNNI multiplies u8 x s8 pairs with VPMADDUBSW, whose int16 sums can saturate
-# (255 * 127 * 2 > 32767): with 8-bit weights top-1 agreement drops to ~84%; 7-bit weights
-# (reduce_range) make saturation impossible. The stem (3 input channels) and the first
-# depthwise conv stay float: there ONNX Runtime's int8 kernels are slower than its fp32
-# ones on AVX2, and the image itself is then never rounded to 8 bits.
+# Weight width follows the CPU that exports (the one the artifact is made for). x86 without
+# VNNI multiplies u8 x s8 pairs with VPMADDUBSW, whose int16 sums can saturate
+# (255 * 127 * 2 > 32767): with 8-bit weights top-1 agreement dropped to ~84%, so there
+# 7-bit weights (reduce_range) make saturation impossible. With VNNI (VPDPBUSD sums in
+# int32) nothing saturates and 7-bit weights only lose precision: on the 0.75_192_quant
+# weights, imagenet_samples_100, 8-bit 77% and 7-bit 72% top-1 against 76% float (measured
+# on an AVX-512/VNNI machine). The stem (3 input channels) and the first depthwise conv stay
+# float: there ONNX Runtime's int8 kernels are slower than its fp32 ones on AVX2, and the
+# image itself is then never rounded to 8 bits.
 ORT_FLOAT_LAYERS = ("Conv2d_0", "Conv2d_1_depthwise")
-ORT_SETTINGS = {"format": "QDQ", "activations": "uint8 asymmetric", "weights": "int8 per-channel symmetric, 7-bit",
-                "calibration": "min/max", "softmax": "float", "float_layers": list(ORT_FLOAT_LAYERS)}  # fmt: skip
+
+
+def ort_weight_bits() -> int:
+    """7 on x86 without VNNI-class int8 dot products, 8 elsewhere."""
+    return 7 if x86_without_vnni() else 8
+
+
+def ort_settings() -> dict:
+    """How `ort_quantize` quantizes on this machine (recorded in the artifact)."""
+    bits = ort_weight_bits()
+    return {"format": "QDQ", "activations": "uint8 asymmetric", "weights": f"int8 per-channel symmetric, {bits}-bit",
+            "weight_bits": bits, "calibration": "min/max", "softmax": "float", "float_layers": list(ORT_FLOAT_LAYERS),
+            "made_for": "x86 with VNNI, or other CPUs" if bits == 8 else "x86 without VNNI (AVX2)"}  # fmt: skip
+
+
 PT2E_SETTINGS = {"format": "PT2E -> TFLite", "activations": "int8 asymmetric", "weights": "int8 per-channel symmetric",
                  "calibration": "min/max", "softmax": "float"}  # fmt: skip
 
@@ -180,7 +209,7 @@ def ort_quantize(float_model: str | os.PathLike, out: str | os.PathLike, calibra
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             starts = range(0, len(calibration), batch)
-            self.batches = iter(tqdm(starts, desc="calibrating", unit="batch", leave=False))
+            self.batches = iter(tqdm(starts, desc="calibrating", unit="batch", leave=False, disable=None))
 
         def get_next(self) -> dict | None:
             i = next(self.batches, None)
@@ -191,7 +220,8 @@ def ort_quantize(float_model: str | os.PathLike, out: str | os.PathLike, calibra
     graph = onnx.load(str(float_model), load_external_data=False).graph
     keep_float = [n.name for n in graph.node if any(f"/features/{layer}/" in n.name for layer in ORT_FLOAT_LAYERS)]
     quantize_static(
-        str(float_model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+        str(float_model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        reduce_range=ort_weight_bits() == 7,
         nodes_to_exclude=keep_float,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         # Clip (ReLU6) listed so that it folds into its conv's output range instead of

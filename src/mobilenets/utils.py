@@ -71,6 +71,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+INT8_DOT_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def x86_without_vnni() -> bool:
+    """An x86 CPU whose int8 dot products go through VPMADDUBSW (int16 sums that can saturate)."""
+    flags = cpu_flags()
+    return "avx2" in flags and not any(f in flags for f in INT8_DOT_ISA)
+
+
 def machine_id() -> str:
     """CPU model, count and the instruction sets that matter: what latency measurements are only valid for.
 

@@ -70,7 +70,7 @@ def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactIn
         names = export_float_onnx(model, info.cfg.input_size, path)
         info.tensors = {n: n for n in names}
         if calibration is not None:
-            from ..quantize import ORT_SETTINGS, ort_quantize
+            from ..quantize import ort_quantize, ort_settings
 
             quantized = Path(tmp) / "int8.onnx"
             level = logging.getLogger().level
@@ -80,7 +80,7 @@ def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactIn
             finally:
                 logging.getLogger().setLevel(level)
             path = quantized
-            info.quantization = {**ORT_SETTINGS, "calibration_images": len(calibration)}
+            info.quantization = {**ort_settings(), "calibration_images": len(calibration)}
         proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()

@@ -25,6 +25,7 @@ import importlib.util
 import os
 import queue
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 from ..data.transforms import EvalTransform
 from ..errors import MobilenetsError
 from ..models.cfg import OutputSpec, PretrainedCfg
+from ..utils import x86_without_vnni
 from .artifact import ArtifactError, ArtifactInfo, artifact_format, read_artifact_info
 
 BACKENDS = ("torch", "onnxruntime", "litert", "openvino")
@@ -270,6 +272,11 @@ class OnnxRuntimePredictor(ArtifactPredictor):
             raise_artifact_error(path, e)
         self.input_name = self.session.get_inputs()[0].name
         self.names = [o.name for o in self.session.get_outputs()]
+        q = artifact.quantization or {}
+        if q.get("weight_bits") == 8 and x86_without_vnni():
+            warnings.warn(f"{path.name}: int8 .onnx with 8-bit weights on an x86 CPU without VNNI, where ONNX Runtime's "
+                          "int16 sums can saturate and lose accuracy; export it on this machine (7-bit weights) or "
+                          "run the int8 .tflite", stacklevel=2)  # fmt: skip
 
     def _raw(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(self.names, {self.input_name: x})))  # re-entrant
