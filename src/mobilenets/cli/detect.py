@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..auto import CHOICES
-from ._common import int_at_least, print_json
+from ._common import int_at_least, print_json, threads_int
 
 
 def score(text: str) -> float:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registered name (default: read from --weights)")
     p.add_argument("--backend", choices=CHOICES, help="default: follows the file (.tflite: litert, .onnx: "
                    "onnxruntime, weights: auto)")  # fmt: skip
-    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.add_argument("--threads", type=threads_int, help="CPU threads for inference")
     p.add_argument("--score-threshold", type=score, default=0.5, help="keep detections scoring at least this "
                    "(default 0.5)")  # fmt: skip
     p.add_argument("--max-detections", type=int_at_least(1), help="keep at most N per image (best first)")

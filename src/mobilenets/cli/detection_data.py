@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import print_json
+from ._common import int_in, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backgrounds", nargs="*", help="background photos (default: COCO8 + ImageNet samples beside --objects)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-images", type=int, default=160)
-    p.add_argument("--val-images", type=int, default=60)
-    p.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("W", "H"))
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1, "seed"), default=0)
+    p.add_argument("--train-images", type=int_in(1, 100_000, "train images"), default=160)
+    p.add_argument("--val-images", type=int_in(1, 100_000, "val images"), default=60)
+    p.add_argument("--size", type=int_in(32, 4096, "size"), nargs=2, default=(320, 320), metavar=("W", "H"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_detection_set)
 

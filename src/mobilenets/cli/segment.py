@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..auto import CHOICES
-from ._common import print_json
+from ._common import print_json, threads_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registered name (default: read from --weights)")
     p.add_argument("--backend", choices=CHOICES, help="default: follows the file (.tflite: litert, .onnx: "
                    "onnxruntime, weights: auto)")  # fmt: skip
-    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.add_argument("--threads", type=threads_int, help="CPU threads for inference")
     p.add_argument("--save-dir", help="write <stem>.png (palette PNG at the image's size, pixel = class index) and "
                    "<stem>_overlay.jpg (mask on the photo, with a legend)")  # fmt: skip
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "width", "height", '
