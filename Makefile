@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 EXTRAS_DEMO := tflite
-EXTRAS_TEST := dev,tflite,litert,onnx,openvino,keras,coco,plot,train
+EXTRAS_TEST := dev,tflite,litert,onnx,openvino,keras,coco,serve,plot,train
 
 .PHONY: demo test test-fast bench lint clean
 

@@ -52,8 +52,8 @@ NUMERIC = [(cmd, a) for cmd, p in SUBCOMMANDS.items() for a in p._actions
 
 # Options of commands owned elsewhere that still take a bare int/float (any integer is a fine
 # seed; the rest should move to cli._common's types: `--lr nan` trains on NaN, `--threads -3`).
-NOT_YET = {"train --lr", "train --seed", "finetune --lr", "finetune --seed", "detect --threads", "segment --threads",
-           "serve --crop", "serve --threads", "serve --max-wait-ms"}  # fmt: skip
+NOT_YET = {"train --lr", "train --seed", "finetune --lr", "finetune --seed",
+           }  # fmt: skip
 
 
 def test_every_numeric_option_is_validated():

@@ -1,0 +1,381 @@
+"""`mobilenets serve` under load: throughput and latency, with and without micro-batching.
+
+A bounded load generator on loopback only: ``--clients`` concurrent keep-alive connections
+to 127.0.0.1 send ``--requests`` requests in all (or stop at ``--time-limit`` seconds),
+each waiting for its answer before sending the next. The server runs as its own process
+(``python -m mobilenets serve``), so client and server do not share a GIL; both share the
+machine's cores, as a sidecar client would.
+
+Requests (``--payload``):
+- ``binary``: OIP ``/v2/models/{name}/infer``, one preprocessed 1 x 3 x H x W FP32 image
+  with the binary tensor extension, ``probabilities`` back as binary: the same input the
+  in-process Predictor gets, so the ceiling is comparable;
+- ``json``: the same tensor as OIP JSON (parsing 150k floats per request is the cost);
+- ``image``: ``/v1/classify`` with a JPEG (decode + resize in the server's thread pool).
+
+The ceiling is the in-process Predictor's best images/s over batch sizes 1..32, measured
+just before the servers on the same file and backend. Model: Google's float 0.25_224,
+exported once to .onnx (ONNX Runtime batches; LiteRT graphs have batch 1 baked in).
+
+    python benchmarks/serve_load.py            # writes benchmarks/serve_load.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+WEIGHTS = SHARED / "models" / "mobilenet_v1_0.25_224_1_default_1.tflite"
+HOST = "127.0.0.1"  # loopback only, by design
+
+
+# --- a minimal HTTP/1.1 keep-alive client (httpx costs more CPU than the server per request) ---------
+
+
+async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> tuple[int, bytes]:
+    writer.write(head + body)
+    await writer.drain()
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    return status, await reader.readexactly(length)
+
+
+def request_bytes(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {HOST}", f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def load(port: int, head: bytes, body: bytes, clients: int, requests: int, time_limit: float) -> dict:
+    issued = 0
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    deadline = time.perf_counter() + time_limit
+
+    async def client() -> None:
+        nonlocal issued, errors
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            while issued < requests and time.perf_counter() < deadline:
+                issued += 1
+                t = time.perf_counter()
+                try:
+                    status, _ = await http(reader, writer, head, body)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                    continue
+                latencies.append(time.perf_counter() - t)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    seconds = time.perf_counter() - start
+    ok = statuses.get(200, 0)
+    lat = np.asarray(latencies) * 1e3
+    return {"clients": clients, "requests": len(latencies), "seconds": round(seconds, 3), "ok": ok, "_lat": lat,
+            "errors": errors + sum(v for k, v in statuses.items() if k != 200), "statuses": statuses,
+            "throughput": round(ok / seconds, 1),
+            **{f"p{q}_ms": round(float(np.percentile(lat, q)), 2) if len(lat) else None for q in (50, 90, 99)}}  # fmt: skip
+
+
+# --- the pieces -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def ceiling(onnx: Path, seconds: float = 2.0) -> dict:
+    from mobilenets.auto import load_predictor
+
+    p = load_predictor(weights=onnx, backend="onnxruntime")
+    out, cpu = {}, {}
+    for b in (1, 2, 4, 8, 16, 32):
+        x = np.random.default_rng(0).uniform(-1, 1, (b, *p.cfg.input_size)).astype(np.float32)
+        for _ in range(3):
+            p.run(x)
+        n, t, c = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t < seconds:
+            p.run(x)
+            n += b
+        out[b] = round(n / (time.perf_counter() - t), 1)
+        cpu[b] = round((time.process_time() - c) / n * 1e3, 3)
+    best = max(out, key=out.get)
+    return {"per_batch": out, "best_batch": best, "images_per_s": out[best], "cpu_ms_per_image": cpu}
+
+
+def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, workers: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mobilenets", "serve", "--weights", str(onnx), "--backend", "onnxruntime",
+           "--host", HOST, "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
+           "--workers", str(workers), "--body-timeout-s", "5", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def ready(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as s:
+            s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return -9
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def payloads(name: str, size: tuple[int, int, int]) -> dict[str, tuple[bytes, bytes]]:
+    x = np.random.default_rng(0).uniform(-1, 1, (1, *size)).astype(np.float32)
+    path = f"/v2/models/{name}/infer"
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    binary = header + x.tobytes()
+    js = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                 "data": x.ravel().tolist()}], "outputs": [{"name": "probabilities"}]}).encode()  # fmt: skip
+    jpeg = (SHARED / "images" / "burger.jpg").read_bytes()
+    return {
+        "binary": (request_bytes(path, binary, {"Content-Type": "application/octet-stream",
+                                                "Inference-Header-Content-Length": str(len(header))}), binary),
+        "json": (request_bytes(path, js, {"Content-Type": "application/json"}), js),
+        "image": (request_bytes("/v1/classify?top_k=5", jpeg, {"Content-Type": "image/jpeg"}), jpeg),
+    }
+
+
+def export_onnx(out: Path) -> Path:
+    from mobilenets.auto import build_torch_model
+    from mobilenets.export import export_model
+
+    if not out.is_file():
+        export_model(build_torch_model(None, WEIGHTS), "onnx", out, parity=False)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One row from repeated rounds: median throughput, latency percentiles over every request."""
+    lat = np.concatenate([r.pop("_lat") for r in runs]) if runs else np.zeros(0)
+    tp = [r["throughput"] for r in runs]
+    row = {k: runs[0][k] for k in ("mode", "max_batch", "payload", "clients")}
+    row.update(rounds=len(runs), requests=sum(r["requests"] for r in runs), ok=sum(r["ok"] for r in runs),
+               errors=sum(r["errors"] for r in runs), throughput=round(float(np.median(tp)), 1),
+               throughput_rounds=tp, server_cpu_ms_per_request=round(float(np.median([r["cpu_ms"] for r in runs])), 3))
+    row.update({f"p{q}_ms": round(float(np.percentile(lat, q)), 2) if len(lat) else None for q in (50, 90, 99)})
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", default="1,8,16", help="comma-separated concurrency levels")
+    ap.add_argument("--requests", type=int, default=1500, help="requests per run at most")
+    ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per run at most")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
+    ap.add_argument("--payloads", default="binary,image", help="binary, json, image")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-attack", action="store_true", help="skip the 2,000 hostile requests run")
+    ap.add_argument("--out", default=str(HERE / "serve_load"), help="writes OUT.json and OUT.md")
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from mobilenets.runtime import read_artifact_info
+    from mobilenets.utils import machine_id
+
+    clients = [int(c) for c in args.clients.split(",")]
+    kinds = args.payloads.split(",")
+    modes = {"batched": args.max_batch, "unbatched": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_onnx(Path(tmp) / "mobilenet_v1_0.25_224.onnx")
+        info = read_artifact_info(onnx)
+        result = {"machine": machine_id(), "python": platform.python_version(), "loadavg_start": os.getloadavg(),
+                  "model": info.name, "weights": WEIGHTS.name, "backend": "onnxruntime",
+                  "settings": {"requests": args.requests, "time_limit_s": args.time_limit, "rounds": args.rounds,
+                               "max_wait_ms": args.max_wait_ms, "workers": args.workers, "body_timeout_s": 5}}  # fmt: skip
+        servers = {m: (free_port(), None) for m in modes}
+        procs = {}
+        try:
+            for m, mb in modes.items():
+                port = servers[m][0]
+                procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers)
+            bodies = payloads(info.name, info.cfg.input_size)
+            for m in modes:  # warm-up
+                for kind in kinds:
+                    asyncio.run(load(servers[m][0], *bodies[kind], 4, 100, 10))
+            ceilings, raw = [], {}
+            for rnd in range(args.rounds):
+                ceilings.append(ceiling(onnx, 1.0))  # servers idle meanwhile
+                print("ceiling", ceilings[-1], flush=True)
+                for kind in kinds:
+                    for c in clients:
+                        for m, mb in modes.items():
+                            port, pid = servers[m][0], procs[m].pid
+                            c0 = cpu_seconds(pid)
+                            r = asyncio.run(load(port, *bodies[kind], c, args.requests, args.time_limit))
+                            r["cpu_ms"] = (cpu_seconds(pid) - c0) / max(r["requests"], 1) * 1e3
+                            r.update(mode=m, max_batch=mb, payload=kind)
+                            raw.setdefault((kind, c, m), []).append(r)
+                            print(rnd, kind, c, m, r["throughput"], r["p99_ms"], r["errors"], flush=True)
+            if not args.no_attack:  # tests/test_serve_attack.py's run, against the batched server
+                sys.path.insert(0, str(HERE.parent))
+                from tests.test_serve_attack import attack_images, run_attack
+
+                pid = procs["batched"].pid
+                rss0 = peak_rss_mb(pid)
+                attack = asyncio.run(run_attack(servers["batched"][0], info.name, attack_images(), pid=pid))
+                attack.pop("by_kind")
+                attack.update(peak_rss_mb_before=rss0, peak_rss_mb_after=peak_rss_mb(pid),
+                              ready_after=ready(servers["batched"][0]))  # fmt: skip
+                result["attack"] = attack
+                print("attack", attack, flush=True)
+        finally:
+            result["servers"] = {}
+            for m, proc in procs.items():
+                rss = peak_rss_mb(proc.pid)
+                result["servers"][m] = {"peak_rss_mb": rss, "exit_code": stop_server(proc)}
+        best = [c["images_per_s"] for c in ceilings]
+        result["ceiling"] = {"images_per_s": round(float(np.median(best)), 1), "rounds": best,
+                             "per_batch": ceilings[int(np.argsort(best)[len(best) // 2])]["per_batch"],
+                             "best_batch": ceilings[int(np.argsort(best)[len(best) // 2])]["best_batch"],
+                             "cpu_ms_per_image": {b: round(float(np.median([c["cpu_ms_per_image"][b] for c in ceilings])), 3)
+                                                  for b in ceilings[0]["cpu_ms_per_image"]}}  # fmt: skip
+        result["runs"] = []
+        for runs in raw.values():
+            row = median_run(runs)
+            row["of_ceiling"] = round(row["throughput"] / result["ceiling"]["images_per_s"], 3)
+            # load-robust: the Predictor's own CPU per image (at this server's batch size) over the server's per request
+            cpu_b = result["ceiling"]["cpu_ms_per_image"][min(row["max_batch"], 8)]
+            row["cpu_efficiency"] = round(cpu_b / max(row["server_cpu_ms_per_request"], 1e-9), 3)
+            result["runs"].append(row)
+        result["loadavg_end"] = os.getloadavg()
+    write(result, Path(args.out))
+
+
+def write(result: dict, out: Path) -> None:
+    from mobilenets.utils import atomic_write
+
+    def run(mode: str, kind: str, c: int) -> dict | None:
+        return next((r for r in result["runs"] if (r["mode"], r["payload"], r["clients"]) == (mode, kind, c)), None)
+
+    checks = []
+    b8, b16, u16 = run("batched", "binary", 8), run("batched", "binary", 16), run("unbatched", "binary", 16)
+    if b8:
+        checks.append(("8 clients, batched: >= 70% of the Predictor's best batch throughput, 0 errors",
+                       f"{b8['of_ceiling']:.0%}, {b8['errors']} errors", b8["of_ceiling"] >= 0.7 and b8["errors"] == 0))  # fmt: skip
+    if b16 and u16:
+        ratio = b16["throughput"] / max(u16["throughput"], 1e-9)
+        result["batching_speedup_16"] = round(ratio, 3)
+        checks.append(("16 clients: batched >= 1.5x unbatched", f"{ratio:.2f}x", ratio >= 1.5))
+    result["checks"] = [{"check": c, "measured": m, "pass": bool(p)} for c, m, p in checks]
+    with atomic_write(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    ceil = result["ceiling"]
+    per_round = ", ".join(f"{v:.0f}" for v in ceil["rounds"])
+    per_batch = ", ".join(f"{b}: {v:.0f}" for b, v in ceil["per_batch"].items())
+    cpu_per = ", ".join(f"{b}: {v:.2f}" for b, v in ceil["cpu_ms_per_image"].items())
+    lines = [
+        f"# serve under load: {result['model']} ({result['backend']})",
+        "",
+        (f"Machine: {result['machine']}; load average at start {result['loadavg_start'][0]:.1f}, at end "
+         f"{result['loadavg_end'][0]:.1f}. Loopback only; client and server share the cores. "
+         "Made by `python benchmarks/serve_load.py`."),
+        "",
+        (f"Ceiling (in-process Predictor, best batch size, median of {len(ceil['rounds'])} rounds measured between "
+         f"the load runs): **{ceil['images_per_s']:.0f} images/s** (rounds: {per_round}; per batch size in the "
+         f"median round: {per_batch}; CPU ms per image: {cpu_per})."),
+        "",
+        "| payload | server | clients | requests | ok/s | of ceiling | p50 ms | p90 ms | p99 ms | errors | server CPU ms/req | CPU efficiency |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["runs"]:
+        lines.append(f"| {r['payload']} | {r['mode']} (max batch {r['max_batch']}) | {r['clients']} | {r['requests']} | "
+                     f"{r['throughput']:.0f} | {r['of_ceiling']:.0%} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
+                     f"{r['errors']} | {r['server_cpu_ms_per_request']} | {r['cpu_efficiency']:.0%} |")  # fmt: skip
+    lines += ["", ("ok/s: median over the rounds; percentiles over every request of every round; server CPU ms/req: "
+                   "the server process's CPU time per request (median over the rounds); CPU efficiency: the in-process "
+                   "Predictor's CPU ms per image (at batch 8 for the batched server, 1 for the unbatched) over the "
+                   "server's CPU ms per request: how much of the server's CPU is the model, a figure that other load "
+                   "on the machine moves far less than throughput."), "",
+              "| check | measured | pass |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {c['measured']} | {'yes' if c['pass'] else 'NO'} |" for c in result["checks"]]
+    attack = result.get("attack")
+    if attack:
+        bad = sum(n for st, n in attack["statuses"].items() if not 400 <= int(st) < 500)
+        passed = not bad and attack["ready_after"] and set(attack["good"]) == {200}
+        measured = (f"{attack['requests']} in {attack['seconds']} s, statuses {attack['statuses']}, correct "
+                    f"{attack['good']}, ready after: {attack['ready_after']}, peak RSS {attack['peak_rss_mb_before']} "
+                    f"-> {attack['peak_rss_mb_after']} MB")  # fmt: skip
+        check = "2,000 hostile requests: 4xx only, still ready, correct ones interleaved all 200"
+        lines.append(f"| {check} | {measured} | {'yes' if passed else 'NO'} |")
+    servers = result.get("servers", {})
+    lines += ["", "Server peak RSS: " + ", ".join(f"{k} {v['peak_rss_mb']} MB (exit {v['exit_code']})"
+                                                  for k, v in servers.items())]  # fmt: skip
+    with atomic_write(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
