@@ -96,8 +96,8 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['threads']} | " + " | ".join(f"{r['median_ms'][n]:.2f}" for n in names)
                      + f" | {r['ours_vs_plain_eager']:.3f} |")  # fmt: skip
-    lines += ["", f"1.0_224, batch 1, median of {ROUNDS} interleaved rounds; ratio = median of per-round ratios; "
-              f"load average {result['load_average'][0]} at start, {result['load_average'][1]} at end."]  # fmt: skip
+    lines += ["", (f"1.0_224, batch 1, median of {ROUNDS} interleaved rounds; ratio = median of per-round ratios; "
+                   f"load average {result['load_average'][0]} at start, {result['load_average'][1]} at end.")]
     with atomic_write(OUT.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

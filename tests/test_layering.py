@@ -95,8 +95,8 @@ def test_no_private_names_across_modules(module):
 def test_no_import_cycle():
     graph = {m: {t for t, _, _ in imports_of(m) if t in MODULES and t != m} for m in MODULES}
     # a package's __init__ importing its own submodules is how packages expose them, not a cycle
-    for m in graph:
-        graph[m] = {t for t in graph[m] if not (MODULES[m].name == "__init__.py" and t.startswith(m + "."))}
+    for m, targets in graph.items():
+        graph[m] = {t for t in targets if not (MODULES[m].name == "__init__.py" and t.startswith(m + "."))}
     state: dict[str, int] = {}
     stack: list[str] = []
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from mobilenets.auto import load_predictor
 from mobilenets.data.datasets import open_dataset
 from mobilenets.data.transforms import EvalTransform
-from mobilenets.auto import load_predictor
 from mobilenets.tasks.classify import evaluate
 from mobilenets.weights import build_model, read_weights
 

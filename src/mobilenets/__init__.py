@@ -6,6 +6,7 @@
     predictor = mobilenets.load_predictor(weights="model.tflite")   # any backend, named outputs
 """
 
+from .auto import load_predictor
 from .builder import create_model
 from .data.transforms import EvalTransform, PillowEvalTransform
 from .errors import MobilenetsError
@@ -13,14 +14,5 @@ from .models import MobileNetV1, OutputSpec, PretrainedCfg, list_models, mobilen
 from .profile import profile_model
 from .version import __version__
 
-
-
-def load_predictor(*args, **kwargs):
-    """`mobilenets.auto.load_predictor` (imported on first use: it pulls in the runtimes)."""
-    from .auto import load_predictor as load
-
-    return load(*args, **kwargs)
-
-
 __all__ = ["EvalTransform", "MobileNetV1", "MobilenetsError", "OutputSpec", "PillowEvalTransform", "PretrainedCfg",
-           "create_model", "list_models", "load_predictor", "mobilenet_v1", "profile_model"]
+           "__version__", "create_model", "list_models", "load_predictor", "mobilenet_v1", "profile_model"]

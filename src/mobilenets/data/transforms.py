@@ -88,7 +88,7 @@ class EvalTransform:
     decode: str = "tf"
 
     @classmethod
-    def from_cfg(cls, cfg) -> EvalTransform:  # noqa: ANN001 (a models.cfg.PretrainedCfg)
+    def from_cfg(cls, cfg) -> EvalTransform:
         """The transform a `PretrainedCfg` describes (its resize method picks the class)."""
         kind = PillowEvalTransform if cfg.resize == "pillow_bilinear" else EvalTransform
         return kind(cfg.resolution, cfg.crop_fraction, tuple(cfg.mean), tuple(cfg.std), cfg.decode)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cfg import OutputSpec
-from .layers import ConvBnAct, Conv2dSame, same_pad_amounts
+from .layers import Conv2dSame, ConvBnAct, same_pad_amounts
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -72,7 +72,7 @@ def _input_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (ConvBnAct, nn.Conv2d)):
-            def hook(mod, args, name=name):  # noqa: ANN001
+            def hook(mod, args, name=name):
                 sizes.setdefault(name, tuple(int(s) for s in args[0].shape[-2:]))
             hooks.append(m.register_forward_pre_hook(hook))
     try:

@@ -319,7 +319,7 @@ class OpenVINOPredictor(ArtifactPredictor):
         self._requests = _Pool(compiled.create_infer_request)
 
     def _raw(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        def infer(request) -> dict[str, np.ndarray]:  # noqa: ANN001
+        def infer(request) -> dict[str, np.ndarray]:
             result = request.infer({0: x})
             return {name: np.array(result[i]) for i, name in enumerate(self.names)}  # copied before release
 
@@ -353,7 +353,7 @@ class LiteRTPredictor(ArtifactPredictor):
 
     def _raw(self, x: np.ndarray) -> dict[str, np.ndarray]:
         # Exported graphs have batch 1 baked into their reshapes: run the images one by one.
-        def invoke(it) -> list[dict[str, np.ndarray]]:  # noqa: ANN001
+        def invoke(it) -> list[dict[str, np.ndarray]]:
             outs = []
             for i in range(len(x)):
                 it.set_tensor(self.input["index"], x[i : i + 1])

@@ -72,7 +72,7 @@ class ArtifactInfo:
         try:
             d = json.loads(text)
             if not isinstance(d, dict):
-                raise ValueError("not a JSON object")
+                raise TypeError("not a JSON object")
             if d.get("schema") != SCHEMA_VERSION:
                 raise ArtifactError(f"{where}: written by another mobilenets version (metadata schema "
                                     f"{d.get('schema')}, this one reads {SCHEMA_VERSION}): export it again")  # fmt: skip
