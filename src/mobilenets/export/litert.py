@@ -226,10 +226,8 @@ def add_metadata(fb: Flatbuffer, name: str, payload: bytes) -> None:
     fb.model.metadata = [m for m in (fb.model.metadata or []) if m.name != md.name] + [md]
 
 
-def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
-                  calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
-    """Write ``model`` as ``.tflite`` (int8 when ``calibration`` is given) with ``info`` inside; returns the final info."""
-    fb = Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
+def input_contract(fb: Flatbuffer, info: ArtifactInfo, calibration: np.ndarray | None, input_dtype: str) -> None:
+    """Fold the pads of a converted graph, then record its input in ``info`` (and make it uint8 if asked)."""
     fold_same_padding(fb)
     sg = fb.sg
     tin = sg.tensors[sg.inputs[0]]
@@ -246,6 +244,14 @@ def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: Artifact
         if input_dtype == "uint8":
             info.input_quantization = uint8_input(fb)
             info.input_dtype = "uint8"
+
+
+def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
+                  calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
+    """Write ``model`` as ``.tflite`` (int8 when ``calibration`` is given) with ``info`` inside; returns the final info."""
+    fb = Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
+    input_contract(fb, info, calibration, input_dtype)
+    sg = fb.sg
     names = [sg.tensors[i].name.decode() for i in sg.outputs]
     if len(names) != len(info.outputs):
         raise MobilenetsError(f"the converted graph has {len(names)} outputs for {len(info.outputs)} declared ones")

@@ -266,24 +266,11 @@ def class_labels(cfg) -> list[str] | None:
 def export_detector_tflite(model: nn.Module, out: str | os.PathLike, info: ArtifactInfo,
                            calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
     """Write an SSD as ``.tflite``: network (int8 when ``calibration`` is given) + the post-process op + metadata."""
-    from .litert import Flatbuffer, add_metadata, convert_tflite, fold_same_padding, uint8_input
+    from .litert import Flatbuffer, add_metadata, convert_tflite, input_contract
 
     raw = RawDetector(model)
     fb = Flatbuffer(convert_tflite(raw, info.cfg.input_size, calibration))
-    fold_same_padding(fb)
-    sg = fb.sg
-    tin = sg.tensors[sg.inputs[0]]
-    info.layout = "NHWC"
-    info.int8 = calibration is not None
-    if info.int8:
-        from ..quantize import PT2E_SETTINGS
-
-        info.quantization = {**PT2E_SETTINGS, "calibration_images": len(calibration)}
-        info.input_dtype = "int8"
-        info.input_quantization = (float(tin.quantization.scale[0]), int(tin.quantization.zeroPoint[0]))
-        if input_dtype == "uint8":
-            info.input_quantization = uint8_input(fb)
-            info.input_dtype = "uint8"
+    input_contract(fb, info, calibration, input_dtype)
     names = append_postprocess(fb, model)
     info.tensors = {spec.name: name for spec, name in zip(info.outputs, names)}
     add_metadata(fb, METADATA_KEY, info.to_json().encode())
