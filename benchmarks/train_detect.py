@@ -18,11 +18,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mobilenets.utils import machine_id
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOBILENETS_SHARED", HERE.parents[1] / "shared" / "data"))
@@ -69,7 +70,7 @@ def main() -> int:
         epochs = [{k: float(v) if v not in ("", "nan") else None for k, v in r.items()} for r in csv.DictReader(f)]
     result = {
         "what": "SSD-MobileNet-v1 (Google's COCO quant weights) fine-tuned on a generated ants/bees detection set",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "machine": {"cpu": machine_id(), "threads": args.threads,
                     "torch": torch.__version__, "python": sys.version.split()[0]},
         "dataset": {"spec": manifest["spec"], "counts": manifest["counts"], "seconds": round(make_seconds, 1)},
         "config": cfg.as_dict(),

@@ -60,13 +60,13 @@ def test_train_transform_is_deterministic_per_seed_and_in_range():
 
 
 def test_train_transform_without_distortions_is_resize_of_whole_image():
-    from mobilenets.data.transforms import _U8_SCALE, tf1_resize_bilinear
+    from mobilenets.data.transforms import U8_SCALE, tf1_resize_bilinear
 
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     t = TrainTransform(resolution=24, area_range=(1.0, 1.0), aspect_range=(1.25, 1.25), min_object_covered=1.0,
                        flip=False, brightness=0.0, saturation=(1.0, 1.0))  # fmt: skip
     out = t(img, np.random.default_rng(0))
-    ref = tf1_resize_bilinear(np.asarray(img).astype(np.float32) * _U8_SCALE, 24, 24)
+    ref = tf1_resize_bilinear(np.asarray(img).astype(np.float32) * U8_SCALE, 24, 24)
     np.testing.assert_allclose(out.numpy(), ((ref - 0.5) * 2).transpose(2, 0, 1), atol=1e-6)
 
 

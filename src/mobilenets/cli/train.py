@@ -11,16 +11,21 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import format_table, int_at_least, print_json, resolution_int
+from ._common import float_in, format_table, int_at_least, int_in, print_json, resolution_int
+from ._train_detect import cmd_detect, wants_detect
+from ._train_segment import cmd_segment, wants_segment
 
 _BOOLEAN_FLAGS = ("compile", "channels_last", "sync_bn", "progress", "heap_reuse")
 
 
 _positive_int, _nonnegative_int = int_at_least(1), int_at_least(0)
+TASK_CHOICES = ("classify", "segment", "detect")  # --task of train / finetune
 
 
 def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
     """Options shared by train and finetune; None means 'not given' (recipe or saved run decides)."""
+    p.add_argument("--task", choices=TASK_CHOICES, default="classify",
+                   help="classify (class folders) or segment (DeepLab v3 on VOC-layout data)")  # fmt: skip
     p.add_argument("--data", help="folder with train/<class>/* and val/<class>/* images")
     p.add_argument("--output", "-o", required=True, help="run directory (checkpoints, weights, logs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -28,10 +33,10 @@ def _run_options(p: argparse.ArgumentParser, default_recipe: str) -> None:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int, help="global batch (split over processes)")
     p.add_argument(
-        "--lr", type=float, help="peak learning rate at this batch size (default: recipe's, scaled linearly)"
+        "--lr", type=float_in(0.0, 100.0, "learning rate"), help="peak learning rate at this batch size (default: recipe's, scaled linearly)"
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe field")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1, "seed"))
     p.add_argument("--workers", type=_nonnegative_int, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
@@ -132,6 +137,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if wants_segment(args):  # --task segment, or --resume of a segmentation run
+        return cmd_segment(args, finetune=False)
+    if wants_detect(args):  # --task detect, or --resume of a detection run
+        return cmd_detect(args, finetune=False)
     from ..models.registry import parse_model_name
     from ..train import make_config, resume, train
 
@@ -150,6 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if wants_segment(args):  # --task segment, or --resume of a segmentation run
+        return cmd_segment(args, finetune=True)
+    if wants_detect(args):  # --task detect, or --resume of a detection run
+        return cmd_detect(args, finetune=True)
     from ..train import finetune, resume
 
     given = _given(args)
