@@ -133,3 +133,21 @@ def test_classify_bad_image(tmp_path):
 def test_evaluate_empty_folder(tmp_path):
     proc = run("evaluate", "--data", str(tmp_path), "--weights", str(shared_path(*FLOAT)))
     assert_one_line_error(proc, "no images")
+
+
+def test_evaluate_warns_about_an_off_by_one_labels_file(tmp_path, capsys):
+    """Labels in the model's 1001-class output convention (one too high) score 0%: the warning says so."""
+    from mobilenets.cli import main
+    from mobilenets.data.labels import imagenet_classes
+
+    wnids, _ = imagenet_classes()
+    folder = shared_path("imagenet_samples_100")
+    files = sorted(folder.iterdir())[:30]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"{p.name} {wnids.index(p.name.split('_')[0]) + 1}" for p in files))
+    argv = ["evaluate", "--data", str(folder), "--labels", str(labels), "--weights", str(shared_path(*FLOAT)),
+            "--limit", "30", "--workers", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["top1"] == 0.0
+    assert "were one lower" in err and "dataset indices 0..999" in err

@@ -101,6 +101,7 @@ def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str
                         persistent_workers=False)  # fmt: skip
     k = min(5, predictor.num_classes)
     correct1 = correct5 = n = 0
+    shifted = {-1: 0, 1: 0}  # top-1 hits if every label were one index off (a labels file in the other convention)
     skipped = SkipCorrupt()
     start = time.perf_counter()
     with tqdm(total=len(ds), unit="img", desc="evaluate", disable=None if progress else True, file=sys.stderr) as bar:
@@ -113,6 +114,8 @@ def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str
                 lab = labels.numpy()
                 correct1 += int((topk[:, 0] == lab).sum())
                 correct5 += int((topk == lab[:, None]).any(1).sum())
+                for d in shifted:
+                    shifted[d] += int((topk[:, 0] == lab + d).sum())
                 n += len(lab)
             bar.update(len(bad) + (0 if images is None else len(images)))
             if n:
@@ -120,4 +123,15 @@ def evaluate(predictor: Predictor, data_dir: str | os.PathLike, labels_file: str
     seconds = time.perf_counter() - start
     if n == 0:
         raise MobilenetsError(f"{data_dir}: none of the {len(ds)} images could be read")
+    warn_if_off_by_one(correct1, shifted, n, labels_file)
     return EvalResult(correct1 / n, correct5 / n, n, n / seconds, skipped.count)
+
+
+def warn_if_off_by_one(correct: int, shifted: dict[int, int], n: int, labels_file: str | os.PathLike | None) -> None:
+    """Warn (one line) when labels shifted by one index would score far higher: an off-by-one labels file."""
+    d, hits = max(shifted.items(), key=lambda kv: kv[1])
+    if n >= 10 and hits >= max(3 * correct, 0.2 * n):
+        source = f"the labels in {labels_file}" if labels_file else "the dataset's labels"
+        print(f"mobilenets: warning: top-1 would be {hits / n:.1%} instead of {correct / n:.1%} if {source} were "
+              f"{'one higher' if d > 0 else 'one lower'}: labels give dataset indices 0..999 (sorted wnids), "
+              "not the 1001-class model's output indices", file=sys.stderr)  # fmt: skip
