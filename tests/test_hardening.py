@@ -221,3 +221,17 @@ def test_pick_says_when_rows_are_another_machines(tmp_path, capsys):
     path = save_results([row], tmp_path / "b.json")
     assert main(["pick", "--latency-ms", "5", "--results", str(path)]) == 0
     assert "nothing was measured on this machine" in capsys.readouterr().err
+
+
+def test_tflite_with_a_non_utf8_name_still_reads(tmp_path):
+    """Found by the fuzz suite in CI: a metadata name byte turned 0x80 raised UnicodeDecodeError."""
+    from mobilenets.weights import read_weights
+
+    data = bytearray(shared_path("models", "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
+    at = data.find(b"min_runtime_version")
+    assert at > 0
+    data[at] = 0x80
+    path = tmp_path / "m.tflite"
+    path.write_bytes(bytes(data))
+    w = read_weights(path)
+    assert (w.alpha, w.num_classes) == (0.25, 1001)

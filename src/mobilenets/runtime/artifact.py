@@ -142,7 +142,7 @@ def _io(graph, index: int) -> tuple[str, list[int], str | None]:
 
     t = graph.tensor(index)
     dtypes = {np.float32: "float32", np.uint8: "uint8", np.int8: "int8", np.int32: "int32"}
-    return t.Name().decode(), [int(s) for s in t.ShapeAsNumpy()], dtypes.get(graph.np_types.get(t.Type()))
+    return t.Name().decode('utf-8', 'replace'), [int(s) for s in t.ShapeAsNumpy()], dtypes.get(graph.np_types.get(t.Type()))
 
 
 def foreign_tflite_info(graph) -> ArtifactInfo:

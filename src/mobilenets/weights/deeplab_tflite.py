@@ -306,8 +306,8 @@ def read_deeplab_tflite(path: str | Path) -> LoadedWeights:
     quantized = g.tensor(stem.w_idx).Type() != g.schema.TensorType.FLOAT32
     kwargs = {"backbone": "mobilenet_v2", "depth_multiplier": dm, "num_classes": num_classes,
               "output_stride": output_stride, "image_pooling": head["image_pooling"] is not None}  # fmt: skip
-    meta = {"deeplab_kwargs": kwargs, "input_name": g.tensor(inp).Name().decode(),
-            "output_name": g.tensor(out).Name().decode(), "input_quantization": g.io_quantization(inp),
+    meta = {"deeplab_kwargs": kwargs, "input_name": g.tensor(inp).Name().decode('utf-8', 'replace'),
+            "output_name": g.tensor(out).Name().decode('utf-8', 'replace'), "input_quantization": g.io_quantization(inp),
             "quantized": quantized}  # fmt: skip
     res = int(in_shape[1]) if in_shape[1] == in_shape[2] and in_shape[1] > 0 else None
     # The file's own label map spells a few names differently ("tv", "dining table");

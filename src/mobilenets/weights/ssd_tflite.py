@@ -118,7 +118,7 @@ def read_ssd_tflite(path: str | Path) -> tuple[dict[str, torch.Tensor], SSDFileI
     sg = g.sg
     custom = [i for i, name in enumerate(g.ops) if name == "CUSTOM"]
     custom_names = [g.model.OperatorCodes(sg.Operators(i).OpcodeIndex()).CustomCode() for i in custom]
-    custom_names = [c.decode() if c else "?" for c in custom_names]
+    custom_names = [c.decode('utf-8', 'replace') if c else "?" for c in custom_names]
     convs = [(i, sg.Operators(i)) for i, name in enumerate(g.ops) if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     kinds = [g.ops[i] for i, _ in convs]
     what = f"{kinds.count('CONV_2D')} conv + {kinds.count('DEPTHWISE_CONV_2D')} depthwise ops"
@@ -387,7 +387,7 @@ def is_detector_graph(g: TFLiteGraph) -> bool:
     for i, name in enumerate(g.ops):
         if name == "CUSTOM":
             code = g.model.OperatorCodes(g.sg.Operators(i).OpcodeIndex()).CustomCode()
-            if code and code.decode() == POSTPROCESS_OP:
+            if code and code.decode('utf-8', 'replace') == POSTPROCESS_OP:
                 return True
     return False
 

@@ -208,32 +208,32 @@ class TFLiteGraph:
         buf = self.model.Buffers(t.Buffer())
         raw = buf.DataAsNumpy() if buf is not None and buf.DataLength() else None
         if raw is None or isinstance(raw, int):
-            raise WeightsError(f"{self.path}: constant tensor {t.Name().decode()!r} has no data (truncated file?)")
+            raise WeightsError(f"{self.path}: constant tensor {t.Name().decode('utf-8', 'replace')!r} has no data (truncated file?)")
         dtype = self.np_types.get(t.Type())
         if dtype is None:
-            raise WeightsError(f"{self.path}: unsupported tensor type {t.Type()} for {t.Name().decode()!r}")
+            raise WeightsError(f"{self.path}: unsupported tensor type {t.Type()} for {t.Name().decode('utf-8', 'replace')!r}")
         shape = tuple(int(s) for s in t.ShapeAsNumpy())
         raw = raw.tobytes()
         if len(raw) % np.dtype(dtype).itemsize:
-            raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {len(raw)} bytes, not a whole number "
+            raise WeightsError(f"{self.path}: tensor {t.Name().decode('utf-8', 'replace')!r} has {len(raw)} bytes, not a whole number "
                                f"of {np.dtype(dtype).name} values (corrupt file)")  # fmt: skip
         arr = np.frombuffer(raw, dtype=dtype)
         if arr.size != int(np.prod(shape)):
-            raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {arr.size} values for shape {shape}")
+            raise WeightsError(f"{self.path}: tensor {t.Name().decode('utf-8', 'replace')!r} has {arr.size} values for shape {shape}")
         arr = arr.reshape(shape)
         q = t.Quantization()
         if dtype in (np.float32, np.float16):
             return arr.astype(np.float32)
         if q is None or q.ScaleLength() == 0:
-            raise WeightsError(f"{self.path}: integer tensor {t.Name().decode()!r} has no quantization scale")
+            raise WeightsError(f"{self.path}: integer tensor {t.Name().decode('utf-8', 'replace')!r} has no quantization scale")
         scale = q.ScaleAsNumpy().astype(np.float64)
         zero = q.ZeroPointAsNumpy().astype(np.float64) if q.ZeroPointLength() else np.zeros_like(scale)
         if zero.size != scale.size or not np.isfinite(scale).all():
-            raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has inconsistent quantization parameters")
+            raise WeightsError(f"{self.path}: tensor {t.Name().decode('utf-8', 'replace')!r} has inconsistent quantization parameters")
         if scale.size > 1:  # per-channel along quantized_dimension
             dim = q.QuantizedDimension()
             if not 0 <= dim < arr.ndim or arr.shape[dim] != scale.size:
-                raise WeightsError(f"{self.path}: tensor {t.Name().decode()!r} has {scale.size} scales for shape "
+                raise WeightsError(f"{self.path}: tensor {t.Name().decode('utf-8', 'replace')!r} has {scale.size} scales for shape "
                                    f"{shape} along dimension {dim}")  # fmt: skip
             bshape = [1] * arr.ndim
             bshape[dim] = scale.size
@@ -265,7 +265,7 @@ class TFLiteGraph:
             m = self.model.Metadata(i)
             buf = self.model.Buffers(m.Buffer())
             if buf is not None and buf.DataLength():
-                out[m.Name().decode()] = buf.DataAsNumpy().tobytes()
+                out[m.Name().decode('utf-8', 'replace')] = buf.DataAsNumpy().tobytes()
         return out
 
 
@@ -363,7 +363,7 @@ def labels_from_metadata(g: TFLiteGraph) -> list[str] | None:
         with zipfile.ZipFile(io.BytesIO(g.data)) as z:  # metadata files are zipped onto the model
             for name in z.namelist():
                 if name.endswith(".txt"):
-                    lines = z.read(name).decode("utf-8", "replace").splitlines()
+                    lines = z.read(name).decode('utf-8', 'replace').splitlines()
                     if len(lines) > 1:
                         return lines
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, KeyError, RuntimeError, zlib.error):
