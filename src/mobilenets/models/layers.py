@@ -21,6 +21,19 @@ Padding = Literal["same", "symmetric"]
 # is the weight of the *new* value, so momentum = 1 - decay.
 BN_EPS = 1e-3
 BN_MOMENTUM = 3e-4
+WEIGHT_INIT_STD = 0.09  # TF-Slim's truncated_normal_initializer(stddev=0.09) in the MobileNet training scopes
+
+
+def slim_init_(module: nn.Module) -> None:
+    """TF-Slim init of every layer in ``module``: truncated normal (std 0.09, within 2 std) conv weights,
+    zero biases, identity BatchNorm."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=WEIGHT_INIT_STD, a=-2 * WEIGHT_INIT_STD, b=2 * WEIGHT_INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
 
 
 def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:

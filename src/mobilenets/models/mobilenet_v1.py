@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cfg import OutputSpec
-from .layers import ConvBnAct, Padding, make_conv
+from .layers import ConvBnAct, Padding, make_conv, slim_init_
 
 
 class ConvDef(NamedTuple):
@@ -52,7 +52,6 @@ MOBILENET_V1_CONV_DEFS: tuple[ConvDef, ...] = (
 MIN_DEPTH = 8
 MIN_RESOLUTION = 32
 DROPOUT = 0.001  # slim's dropout_keep_prob=0.999
-WEIGHT_INIT_STD = 0.09  # slim's truncated_normal_initializer(stddev=0.09)
 
 
 def scaled_depth(depth: int, alpha: float, min_depth: int = MIN_DEPTH) -> int:
@@ -157,13 +156,7 @@ class MobileNetV1(nn.Module):
 
     def reset_parameters(self) -> None:
         """TF-Slim init: truncated normal (std 0.09) for conv weights, zeros for biases, BN identity."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=WEIGHT_INIT_STD, a=-2 * WEIGHT_INIT_STD, b=2 * WEIGHT_INIT_STD)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
+        slim_init_(self)
 
     # --- backbone surface -------------------------------------------------------------
 
@@ -186,10 +179,7 @@ class MobileNetV1(nn.Module):
                                               labels=None, label_offset=0, metrics={})  # fmt: skip
         ref = next(self.features.parameters())
         self.classifier.to(device=ref.device, dtype=ref.dtype)
-        for m in self.classifier.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=WEIGHT_INIT_STD, a=-2 * WEIGHT_INIT_STD, b=2 * WEIGHT_INIT_STD)
-                nn.init.zeros_(m.bias)
+        slim_init_(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map (``Conv2d_13_pointwise``), N x C x H/os x W/os."""

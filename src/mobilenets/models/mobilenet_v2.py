@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cfg import PretrainedCfg
-from .layers import ConvBnAct, Padding, make_conv
+from .layers import ConvBnAct, Padding, make_conv, slim_init_
 
 
 class BlockDef(NamedTuple):
@@ -62,7 +62,6 @@ MOBILENET_V2_BLOCK_DEFS: tuple[BlockDef, ...] = (
 SLIM_SCOPE = "MobilenetV2"
 MIN_RESOLUTION = 32
 DROPOUT = 0.2  # slim training_scope dropout_keep_prob=0.8
-WEIGHT_INIT_STD = 0.09  # slim training_scope stddev=0.09 (truncated normal)
 # slim training_scope bn_decay=0.997 (v1 used 0.9997); PyTorch momentum = 1 - decay.
 BN_MOMENTUM_V2 = 1.0 - 0.997
 EXPAND_DIVISOR = 8  # conv_blocks.expand_input_by_factor(n, divisible_by=8)
@@ -260,13 +259,7 @@ class MobileNetV2(nn.Module):
 
     def reset_parameters(self) -> None:
         """TF-Slim init: truncated normal (std 0.09) for conv weights, zeros for biases, BN identity."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=WEIGHT_INIT_STD, a=-2 * WEIGHT_INIT_STD, b=2 * WEIGHT_INIT_STD)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
+        slim_init_(self)
 
     # --- backbone surface -------------------------------------------------------------
 
@@ -285,10 +278,7 @@ class MobileNetV2(nn.Module):
         self.classifier = self._make_classifier(num_classes)
         ref = next(self.features.parameters())
         self.classifier.to(device=ref.device, dtype=ref.dtype)
-        for m in self.classifier.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=WEIGHT_INIT_STD, a=-2 * WEIGHT_INIT_STD, b=2 * WEIGHT_INIT_STD)
-                nn.init.zeros_(m.bias)
+        slim_init_(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, N x C x H/os x W/os."""
