@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .cfg import OutputSpec
+from .head import ClassifierSurface
 from .layers import ConvBnAct, Padding, make_conv, slim_init_
 
 
@@ -79,7 +79,7 @@ def validate_config(
         raise ConfigError(f"padding must be 'same' or 'symmetric', got {padding!r}")
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(ClassifierSurface, nn.Module):
     """MobileNet v1 with the timm-style backbone surface.
 
     Args:
@@ -164,54 +164,6 @@ class MobileNetV1(nn.Module):
     def endpoint_names(self) -> list[str]:
         """TF-Slim endpoint names in order: ``Conv2d_0``, ``Conv2d_1_depthwise``, ... ``Conv2d_13_pointwise``."""
         return [info["name"] for info in self.feature_info]
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the logits layer with a freshly initialised one of ``num_classes`` outputs (0 = none)."""
-        validate_config(self.alpha, MIN_RESOLUTION, num_classes)
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        cfg = getattr(self, "pretrained_cfg", None)
-        if cfg is not None:  # a new head: the old classes, labels and metrics no longer describe it
-            self.pretrained_cfg = cfg.replace(num_classes=num_classes, task="classify" if num_classes else "embed",
-                                              labels=None, label_offset=0, metrics={})  # fmt: skip
-        ref = next(self.features.parameters())
-        self.classifier.to(device=ref.device, dtype=ref.dtype)
-        slim_init_(self.classifier)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map (``Conv2d_13_pointwise``), N x C x H/os x W/os."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, then (unless ``pre_logits``) dropout and logits. Returns N x classes or N x C."""
-        x = self.global_pool(x)
-        if pre_logits or self.num_classes == 0:
-            return x.flatten(1)
-        return self.classifier(self.dropout(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    # --- the task surface: declared outputs and inference ------------------------------
-
-    @property
-    def outputs(self) -> tuple[OutputSpec, ...]:
-        """What `predict` returns: class probabilities (when there is a classifier) and the pooled embedding."""
-        emb = OutputSpec("embedding", (-1, self.num_features), meaning="pooled pre-logits features")
-        if self.num_classes == 0:
-            return (emb,)
-        return (OutputSpec("probabilities", (-1, self.num_classes), meaning="softmax over the classes"), emb)
-
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Eval-mode inference: ``{output name: tensor}`` for every entry of `outputs`."""
-        pooled = self.global_pool(self.forward_features(x))
-        out = {"embedding": pooled.flatten(1)}
-        if self.num_classes:
-            out = {"probabilities": self.classifier(pooled).flatten(1).softmax(1), **out}
-        return out
 
     def forward_endpoints(self, x: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Intermediate maps by TF-Slim endpoint name (all of them when ``names`` is None)."""

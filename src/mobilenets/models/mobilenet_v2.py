@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cfg import PretrainedCfg
+from .head import ClassifierSurface
 from .layers import ConvBnAct, Padding, make_conv, slim_init_
 
 
@@ -192,7 +193,7 @@ class InvertedResidual(nn.Module):
         return y + x if self.residual else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ClassifierSurface, nn.Module):
     """MobileNet v2 with the timm-style backbone surface.
 
     Args:
@@ -267,32 +268,6 @@ class MobileNetV2(nn.Module):
     def endpoint_names(self) -> list[str]:
         """Layer scopes in order: ``Conv``, ``expanded_conv``, ``expanded_conv_1``, ..."""
         return [d.name for d in self.layer_defs]
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the logits layer with a freshly initialised one of ``num_classes`` outputs (0 = none)."""
-        validate_config(self.depth_multiplier, MIN_RESOLUTION, num_classes)
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        ref = next(self.features.parameters())
-        self.classifier.to(device=ref.device, dtype=ref.dtype)
-        slim_init_(self.classifier)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map, N x C x H/os x W/os."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, then (unless ``pre_logits``) dropout and logits. Returns N x classes or N x C."""
-        x = self.global_pool(x)
-        if pre_logits or self.num_classes == 0:
-            return x.flatten(1)
-        return self.classifier(self.dropout(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def _resolve(self, name: str) -> tuple[int, str]:
         """(layer index, part) for a scope (``expanded_conv_3``) or slim endpoint
