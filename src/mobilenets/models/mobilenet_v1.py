@@ -65,10 +65,11 @@ def validate_config(
     num_classes: int = 1001,
     output_stride: int | None = None,
     padding: str = "same",
+    width_name: str = "alpha (width multiplier)",
 ) -> None:
-    """Raise `ConfigError` with a one-line reason if the configuration cannot be built."""
+    """Raise `ConfigError` with a one-line reason if the configuration cannot be built (MobileNet v1 and v2)."""
     if not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ConfigError(f"alpha (width multiplier) must be > 0, got {alpha}")
+        raise ConfigError(f"{width_name} must be > 0, got {alpha}")
     if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
         raise ConfigError(f"resolution must be an integer >= {MIN_RESOLUTION}, got {resolution}")
     if not isinstance(num_classes, int) or num_classes < 0:

@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from .cfg import PretrainedCfg
 from .head import ClassifierSurface
 from .layers import ConvBnAct, Padding, make_conv, slim_init_
+from .mobilenet_v1 import validate_config as v1_validate
 
 
 class BlockDef(NamedTuple):
@@ -139,24 +140,10 @@ def layer_defs(
     return out
 
 
-def validate_config(
-    depth_multiplier: float,
-    resolution: int = 224,
-    num_classes: int = 1001,
-    output_stride: int | None = None,
-    padding: str = "same",
-) -> None:
-    """Raise `ConfigError` with a one-line reason if the configuration cannot be built."""
-    if not isinstance(depth_multiplier, (int, float)) or not depth_multiplier > 0:
-        raise ConfigError(f"depth_multiplier must be > 0, got {depth_multiplier}")
-    if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
-        raise ConfigError(f"resolution must be an integer >= {MIN_RESOLUTION}, got {resolution}")
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes}")
-    if output_stride not in (None, 8, 16, 32):
-        raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-    if padding not in ("same", "symmetric"):
-        raise ConfigError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+def validate_config(depth_multiplier: float, resolution: int = 224, num_classes: int = 1001,
+                    output_stride: int | None = None, padding: str = "same") -> None:  # fmt: skip
+    """Raise `ConfigError` with a one-line reason if the configuration cannot be built (v1's rules)."""
+    v1_validate(depth_multiplier, resolution, num_classes, output_stride, padding, width_name="depth_multiplier")
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, dilation: int = 1,
