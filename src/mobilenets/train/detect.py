@@ -60,7 +60,7 @@ from ..data.images import load_image
 from ..errors import ConfigError, ImageError
 from ..models.ssd import SSDMobileNetV1, center_size_to_corners
 from ..utils import atomic_write
-from .checkpoint import RunError, RunLogs, check_new_run_dir, load_checkpoint, save_checkpoint
+from .checkpoint import RunError, RunLogs, check_new_run_dir, load_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import DistInfo, ResumableSampler, all_reduce_sum, init_distributed
 from .engine import log_to_stderr
 from .optim import LRSchedule
@@ -585,11 +585,7 @@ class DetectTrainer:
         self.best = {"map50": -1.0, "epoch": 0}
         self.logs, self.partial = RunLogs(), _step_stats()
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(
-                {**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)}
-            )
+            restore_checkpoint(state, self.model, self.optimizer, self.scheduler, None, None)
             self.epoch, self.start_batch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
             self.best, self.elapsed = state["best"], state["seconds"]
             self.logs = RunLogs(state["logs"]["epochs"], state["logs"]["steps"])

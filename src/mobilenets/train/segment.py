@@ -65,7 +65,7 @@ from ..data.voc import IGNORE_INDEX, find_segmentation_data, read_voc_mask
 from ..errors import ConfigError, ImageError, MobilenetsError
 from ..models.deeplab import DeepLabV3, deeplab_cfg
 from ..utils import atomic_write
-from .checkpoint import RunError, RunLogs, check_new_run_dir, load_checkpoint, save_checkpoint
+from .checkpoint import RunError, RunLogs, check_new_run_dir, load_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import DistInfo, ResumableSampler
 from .engine import log_to_stderr, step_seed
 
@@ -400,11 +400,7 @@ class SegmentTrainer:
         self.start_val: dict[str, Any] | None = None
         self.logs, self.partial = RunLogs(), {"loss_sum": 0.0, "seen": 0.0, "seconds": 0.0}
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(
-                {**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)}
-            )
+            restore_checkpoint(state, self.model, self.optimizer, self.scheduler, None, None)
             self.epoch, self.start_batch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
             self.best, self.elapsed, self.start_val = state["best"], state["seconds"], state["start_val"]
             self.partial = dict(state["partial"])
