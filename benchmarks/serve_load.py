@@ -111,29 +111,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ceiling(onnx: Path, seconds: float = 2.0) -> dict:
+def ceiling(onnx: Path, seconds: float = 2.0, threads: int | None = None, callers: int = 1) -> dict:
+    """In-process images/s per batch size: ``callers`` threads calling ``run`` on one Predictor at once.
+
+    The default (one caller, the engine's threads) is the Predictor's own best; a server
+    layout (``--workers`` calls of ``--threads`` threads each) is measured the same way so
+    that the report can say what the same layout does without HTTP.
+    """
+    import concurrent.futures
+
     from mobilenets.auto import load_predictor
 
-    p = load_predictor(weights=onnx, backend="onnxruntime")
+    p = load_predictor(weights=onnx, backend="onnxruntime", threads=threads)
     out, cpu = {}, {}
-    for b in (1, 2, 4, 8, 16, 32):
-        x = np.random.default_rng(0).uniform(-1, 1, (b, *p.cfg.input_size)).astype(np.float32)
-        for _ in range(3):
-            p.run(x)
-        n, t, c = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - t < seconds:
-            p.run(x)
-            n += b
-        out[b] = round(n / (time.perf_counter() - t), 1)
-        cpu[b] = round((time.process_time() - c) / n * 1e3, 3)
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        for b in (1, 2, 4, 8, 16, 32):
+            x = np.random.default_rng(0).uniform(-1, 1, (b, *p.cfg.input_size)).astype(np.float32)
+            for _ in range(3):
+                p.run(x)
+            t, c = time.perf_counter(), time.process_time()
+
+            def loop(x: np.ndarray = x, t: float = t) -> int:
+                n = 0
+                while time.perf_counter() - t < seconds:
+                    p.run(x)
+                    n += len(x)
+                return n
+
+            n = sum(pool.map(lambda _: loop(), range(callers)))
+            out[b] = round(n / (time.perf_counter() - t), 1)
+            cpu[b] = round((time.process_time() - c) / n * 1e3, 3)
     best = max(out, key=out.get)
     return {"per_batch": out, "best_batch": best, "images_per_s": out[best], "cpu_ms_per_image": cpu}
 
 
-def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, workers: int) -> subprocess.Popen:
+def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, workers: int,
+                 threads: int | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mobilenets", "serve", "--weights", str(onnx), "--backend", "onnxruntime",
            "--host", HOST, "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-           "--workers", str(workers), "--body-timeout-s", "5", "--no-access-log"]  # fmt: skip
+           "--workers", str(workers), "--body-timeout-s", "5", "--no-access-log",
+           *(["--threads", str(threads)] if threads else [])]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120:
@@ -233,6 +250,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="threads per inference call (default: the server's)")
     ap.add_argument("--no-attack", action="store_true", help="skip the 2,000 hostile requests run")
     ap.add_argument("--out", default=str(HERE / "serve_load"), help="writes OUT.json and OUT.md")
     args = ap.parse_args()
@@ -260,15 +278,19 @@ def main() -> None:
         try:
             for m, mb in modes.items():
                 port = servers[m][0]
-                procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers)
+                procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers, args.threads)
             bodies = payloads(info.name, info.cfg.input_size)
             for m in modes:  # warm-up
                 for kind in kinds:
                     asyncio.run(load(servers[m][0], *bodies[kind], 4, 100, 10))
-            ceilings, raw = [], {}
+            ceilings, layouts, raw = [], [], {}
+            layout = args.workers > 1 or args.threads is not None  # not the Predictor's own default
             for rnd in range(args.rounds):
                 ceilings.append(ceiling(onnx, 1.0))  # servers idle meanwhile
                 print("ceiling", ceilings[-1], flush=True)
+                if layout:
+                    layouts.append(ceiling(onnx, 1.0, args.threads, args.workers))
+                    print("ceiling, server layout", layouts[-1], flush=True)
                 for kind in kinds:
                     for c in clients:
                         for m, mb in modes.items():
@@ -302,10 +324,17 @@ def main() -> None:
                              "best_batch": ceilings[int(np.argsort(best)[len(best) // 2])]["best_batch"],
                              "cpu_ms_per_image": {b: round(float(np.median([c["cpu_ms_per_image"][b] for c in ceilings])), 3)
                                                   for b in ceilings[0]["cpu_ms_per_image"]}}  # fmt: skip
+        if layouts:
+            tops = [c["images_per_s"] for c in layouts]
+            result["ceiling_server_layout"] = {"workers": args.workers, "threads": args.threads,
+                                               "images_per_s": round(float(np.median(tops)), 1), "rounds": tops,
+                                               "per_batch": layouts[int(np.argsort(tops)[len(tops) // 2])]["per_batch"]}  # fmt: skip
         result["runs"] = []
         for runs in raw.values():
             row = median_run(runs)
             row["of_ceiling"] = round(row["throughput"] / result["ceiling"]["images_per_s"], 3)
+            if layouts:
+                row["of_layout_ceiling"] = round(row["throughput"] / result["ceiling_server_layout"]["images_per_s"], 3)
             # load-robust: the Predictor's own CPU per image (at this server's batch size) over the server's per request
             cpu_b = result["ceiling"]["cpu_ms_per_image"][min(row["max_batch"], 8)]
             row["cpu_efficiency"] = round(cpu_b / max(row["server_cpu_ms_per_request"], 1e-9), 3)
@@ -346,7 +375,12 @@ def write(result: dict, out: Path) -> None:
         (f"Ceiling (in-process Predictor, best batch size, median of {len(ceil['rounds'])} rounds measured between "
          f"the load runs): **{ceil['images_per_s']:.0f} images/s** (rounds: {per_round}; per batch size in the "
          f"median round: {per_batch}; CPU ms per image: {cpu_per})."),
-        "",
+        *([(f"Server layout: {lay['workers']} inference call(s) at once of {lay['threads'] or 'the engine default'} "
+           f"thread(s) each. The same layout in-process (that many threads calling one Predictor) reaches "
+           f"**{lay['images_per_s']:.0f} images/s** (rounds: {', '.join(f'{v:.0f}' for v in lay['rounds'])}; per "
+           f"batch size: {', '.join(f'{b}: {v:.0f}' for b, v in lay['per_batch'].items())}); the bar is against the "
+           "Predictor's own ceiling above, and each row's share of this one is in the JSON (`of_layout_ceiling`)."), ""]
+          if (lay := result.get("ceiling_server_layout")) else []),
         "| payload | server | clients | requests | ok/s | of ceiling | p50 ms | p90 ms | p99 ms | errors | server CPU ms/req | CPU efficiency |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
