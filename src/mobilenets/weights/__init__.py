@@ -4,6 +4,8 @@ Supported sources (format detected from the content, not trusted from the name):
 - ``.safetensors`` written by this package (state dict + contract in the header);
 - ``.tflite`` float or uint8/int8 (`tflite.read_tflite`);
 - TF-Slim checkpoints ``.ckpt.index`` / ``.ckpt.data-*`` (`slim_ckpt.read_slim_checkpoint`);
+- TF1 detection-zoo SSD-MobileNet-v1 checkpoints, told apart by their variable names
+  (`ssd_ckpt.read_ssd_checkpoint`);
 - Keras Applications ``.h5`` (`keras_h5.read_keras_h5`);
 - the official release ``.tgz`` (`archive.read_release_archive`).
 """
@@ -33,7 +35,7 @@ class LoadedWeights:
     num_classes: int  # 0 = backbone only (no logits)
     resolution: int | None  # the input size the source was built for, when it records one
     source: str
-    format: str  # safetensors | tflite-float | tflite-quant | slim-ckpt | keras-h5
+    format: str  # safetensors | tflite-float | tflite-quant | slim-ckpt | ssd-ckpt | keras-h5
     labels: list[str] | None = None  # class names, when the file carries them
     meta: dict[str, Any] = field(default_factory=dict)
     cfg: PretrainedCfg | None = None  # set by `read_weights` (`contract_of`) when the reader gives none
@@ -68,9 +70,13 @@ def read_weights(path: str | os.PathLike) -> LoadedWeights:
 def _read(path: Path) -> LoadedWeights:
     is_ckpt = path.name.endswith((".ckpt", ".index")) or _DATA_SHARD.search(path.name)
     if is_ckpt or (not path.exists() and Path(f"{path}.index").is_file()):  # also model.ckpt-1234
-        from .slim_ckpt import read_slim_checkpoint
+        from .slim_ckpt import open_checkpoint, read_slim_checkpoint
+        from .ssd_ckpt import is_od_api_checkpoint, is_ssd_checkpoint, read_ssd_checkpoint
 
-        return read_slim_checkpoint(path)
+        ckpt = open_checkpoint(path)  # the variable names say which network it is
+        if is_ssd_checkpoint(ckpt.entries) or is_od_api_checkpoint(ckpt.entries):
+            return read_ssd_checkpoint(ckpt)  # a detector of another kind gets its own one-line refusal there
+        return read_slim_checkpoint(ckpt)
     if not path.exists():
         if path.is_symlink():
             raise WeightsError(f"{path}: a symbolic link to nothing (broken, or a loop of links)")
@@ -304,6 +310,8 @@ def build_model(w: LoadedWeights, resolution: int | None = None, num_classes: in
     from ..models.registry import mobilenet_v1
 
     cfg = w.cfg or contract_of(w)
+    if cfg.arch != "mobilenet_v1":  # a detector or segmenter: `builder.model_from_weights` builds it
+        raise WeightsError(f"{w.source}: not a MobileNet v1 classifier/backbone but a {cfg.arch} ({cfg.task}) model")
     res = resolution or w.resolution or cfg.resolution
     want = w.num_classes if num_classes is None else num_classes
     arch_kwargs = {k: v for k, v in cfg.arch_cfg.items() if k in ("min_depth", "padding")}

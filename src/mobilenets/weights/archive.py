@@ -62,9 +62,20 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> Path:
 
 
 def read_release_archive(path: str | Path) -> LoadedWeights:
-    """Weights from an official ``.tgz`` (or ``.tar``/``.tar.gz``): its checkpoint, else its ``.tflite``."""
-    from .slim_ckpt import read_slim_checkpoint
+    """Weights from an official ``.tgz`` (or ``.tar``/``.tar.gz``): its checkpoint, else its ``.tflite``.
+
+    Also a TF1 detection-zoo tarball (``ssd_mobilenet_v1_coco_2018_01_28.tar.gz``): its
+    ``model.ckpt`` is an Object Detection API checkpoint, read by `ssd_ckpt.read_ssd_checkpoint`.
+    """
+    from .slim_ckpt import open_checkpoint, read_slim_checkpoint
+    from .ssd_ckpt import is_od_api_checkpoint, is_ssd_checkpoint, read_ssd_checkpoint
     from .tflite import read_tflite
+
+    def read_checkpoint(index: Path) -> LoadedWeights:
+        ckpt = open_checkpoint(index)  # the variable names say which network it is
+        if is_ssd_checkpoint(ckpt.entries) or is_od_api_checkpoint(ckpt.entries):
+            return read_ssd_checkpoint(ckpt)
+        return read_slim_checkpoint(ckpt)
 
     path = Path(path)
     if not path.is_file():
@@ -88,7 +99,7 @@ def read_release_archive(path: str | Path) -> LoadedWeights:
                 f"{path}: corrupt, truncated or unreadable archive ({type(e).__name__}: {reason})"
             ) from None
         try:
-            w = read_slim_checkpoint(local[0]) if index else read_tflite(local[0])
+            w = read_checkpoint(local[0]) if index else read_tflite(local[0])
         except WeightsError as e:  # name the member inside the archive, not the temporary copy
             raise WeightsError(str(e).replace(f"{tmp}/", f"{path}:")) from None
     member = chosen[0].name

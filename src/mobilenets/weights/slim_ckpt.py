@@ -8,6 +8,7 @@ name whose value is a ``BundleEntryProto`` (dtype, shape, shard, offset, size, m
 CRC32C of the bytes). ``X.data-0000k-of-0000n`` holds the raw little-endian tensors.
 The few protobuf fields needed are decoded here directly; every block and every tensor
 read is checked against its size and CRC32C, so truncation and corruption are errors.
+`open_checkpoint` gives that reader (`Checkpoint`); `ssd_ckpt` reads detection-zoo files with it.
 
 Variables are matched by inverting ``slim_name_map`` (`models.mobilenet_v1`): slim's
 HWIO conv kernels become OIHW, depthwise HWIM kernels (C*M, 1, kh, kw), and a missing
@@ -38,7 +39,7 @@ from . import LoadedWeights, infer_alpha
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the 8-byte magic
 _BLOCK_TRAILER = 5  # compression type byte + masked CRC32C
-_EMA_SUFFIX = "/ExponentialMovingAverage"
+EMA_SUFFIX = "/ExponentialMovingAverage"
 # TensorFlow DataType enum -> numpy dtype, for the float types weights come in.
 _FLOAT_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 19: np.dtype("<f2")}  # DT_FLOAT, DT_DOUBLE, DT_HALF
 _SHARD_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -255,16 +256,25 @@ def _prefix(path: Path) -> Path:
     return path.with_name(path.name[: m.start()]) if m else path
 
 
-class _Reader:
-    """Reads and checks single tensors from a checkpoint's data shards."""
+class Checkpoint:
+    """An opened V2 checkpoint: its variables' entries, and single tensors read and checked on demand.
 
-    def __init__(self, prefix: Path, num_shards: int) -> None:
-        self.prefix, self.num_shards = prefix, num_shards
+    ``open_checkpoint`` makes one; `read_slim_checkpoint` and `ssd_ckpt.read_ssd_checkpoint` share it.
+    """
+
+    def __init__(self, prefix: Path, index: Path, num_shards: int, entries: dict[str, _Entry]) -> None:
+        self.prefix, self.index, self.num_shards, self.entries = prefix, index, num_shards, entries
 
     def shard(self, i: int) -> Path:
         return self.prefix.with_name(f"{self.prefix.name}.data-{i:05d}-of-{self.num_shards:05d}")
 
-    def read(self, name: str, e: _Entry) -> np.ndarray:
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape the index records for variable ``name``."""
+        return self.entries[name].shape
+
+    def read(self, name: str) -> np.ndarray:
+        """Variable ``name`` as float32, checked against its recorded size and CRC32C."""
+        e = self.entries[name]
         dtype = _FLOAT_DTYPES.get(e.dtype)
         if dtype is None or e.sliced:
             what = "a partitioned variable" if e.sliced else f"of TF dtype {e.dtype}"
@@ -290,10 +300,31 @@ class _Reader:
             raise WeightsError(f"{shard}: corrupt checkpoint data ({name} fails its CRC32C check)")
         return np.frombuffer(raw, dtype=dtype).astype(np.float32).reshape(e.shape)
 
+    def read_averaged(self, name: str, use_ema: bool) -> tuple[np.ndarray, bool]:
+        """``(value, averaged)``: the ``ExponentialMovingAverage`` shadow of ``name`` when asked and present."""
+        if use_ema and name + EMA_SUFFIX in self.entries:
+            shadow = self.entries[name + EMA_SUFFIX].shape
+            if shadow != self.entries[name].shape:
+                raise WeightsError(f"{self.index}: {name}{EMA_SUFFIX} has shape {list(shadow)}, its variable "
+                                   f"{list(self.entries[name].shape)} (corrupt)")  # fmt: skip
+            return self.read(name + EMA_SUFFIX), True
+        return self.read(name), False
 
-def _to_torch(slim: str, value: np.ndarray) -> torch.Tensor:
-    """Slim layout -> PyTorch layout."""
-    if slim.endswith("depthwise_weights"):  # (kh, kw, C, M) -> (C*M, 1, kh, kw)
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path`` (its prefix ``X``, ``X.index`` or a data shard), index read and checked."""
+    path = Path(path)
+    prefix = _prefix(path)
+    index = prefix.with_name(prefix.name + ".index")
+    if not index.is_file():
+        raise WeightsError(f"{path}: no such checkpoint (expected {index} and its .data-* shard(s))")
+    num_shards, entries = _read_index(index)
+    return Checkpoint(prefix, index, num_shards, entries)
+
+
+def tf_to_torch(name: str, value: np.ndarray) -> torch.Tensor:
+    """TF layout -> PyTorch layout, by variable name: HWIO -> OIHW, depthwise HWCM -> (C*M, 1, kh, kw)."""
+    if name.endswith("depthwise_weights"):  # (kh, kw, C, M) -> (C*M, 1, kh, kw)
         kh, kw = value.shape[:2]
         value = value.transpose(2, 3, 0, 1).reshape(-1, 1, kh, kw)
     elif value.ndim == 4:  # HWIO -> OIHW
@@ -301,24 +332,22 @@ def _to_torch(slim: str, value: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value))
 
 
-def read_slim_checkpoint(path: str | Path, use_ema: bool = True) -> LoadedWeights:
+def read_slim_checkpoint(path: str | Path | Checkpoint, use_ema: bool = True) -> LoadedWeights:
     """Weights of a TF-Slim MobileNet v1 checkpoint as our state dict (see module docstring).
 
     Args:
-        path: the checkpoint prefix ``X.ckpt``, its ``X.ckpt.index`` or a data shard.
+        path: the checkpoint prefix ``X.ckpt``, its ``X.ckpt.index``, a data shard, or an opened `Checkpoint`.
         use_ema: read ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
-    path = Path(path)
-    prefix = _prefix(path)
-    index = prefix.with_name(prefix.name + ".index")
-    if not index.is_file():
-        raise WeightsError(f"{path}: no such checkpoint (expected {index} and its .data-* shard(s))")
-    num_shards, entries = _read_index(index)
-    reader = _Reader(prefix, num_shards)
+    ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path)
+    entries, index = ckpt.entries, ckpt.index
 
     with torch.device("meta"):  # only the key set is needed, never the tensors
         names = slim_name_map(MobileNetV1(num_classes=1))
     if names["features.Conv2d_0.conv.weight"] not in entries:
+        if any(k.startswith("FeatureExtractor/") for k in entries):
+            raise WeightsError(f"{index}: a TF Object Detection API checkpoint (FeatureExtractor/... variables), "
+                               "not a TF-Slim MobileNet v1 classifier")  # fmt: skip
         sample = ", ".join(sorted(entries)[:3]) or "no variables"
         raise WeightsError(
             f"{index}: not a TF-Slim MobileNet v1 checkpoint (no MobilenetV1/Conv2d_0/weights; has {sample})"
@@ -331,11 +360,9 @@ def read_slim_checkpoint(path: str | Path, use_ema: bool = True) -> LoadedWeight
     missing, averaged = [], 0
     for ours, slim in names.items():
         if slim in entries:
-            if use_ema and slim + _EMA_SUFFIX in entries:
-                value, averaged = reader.read(slim + _EMA_SUFFIX, entries[slim + _EMA_SUFFIX]), averaged + 1
-            else:
-                value = reader.read(slim, entries[slim])
-            state[ours] = _to_torch(slim, value)
+            value, shadow = ckpt.read_averaged(slim, use_ema)
+            averaged += shadow
+            state[ours] = tf_to_torch(slim, value)
         elif not (ours.endswith("bn.weight") or ours.startswith("classifier.")):
             missing.append(slim)
     if missing:
@@ -348,4 +375,4 @@ def read_slim_checkpoint(path: str | Path, use_ema: bool = True) -> LoadedWeight
     alpha = infer_alpha(state, index)
     num_classes = int(state["classifier.weight"].shape[0]) if all(has_head) else 0
     meta = {"ema": averaged > 0, "ema_tensors": averaged}
-    return LoadedWeights(state, alpha, num_classes, None, str(prefix), "slim-ckpt", None, meta)
+    return LoadedWeights(state, alpha, num_classes, None, str(ckpt.prefix), "slim-ckpt", None, meta)
