@@ -145,8 +145,45 @@ def pt2e_quantizer():
     return MobileNetQuantizer().set_global(cfg)
 
 
-def pt2e_calibrate(module, example_nhwc: np.ndarray, calibration: np.ndarray, batch: int = 16):
-    """Export ``module`` (NHWC input), observe ``calibration`` (NCHW), return (quantized graph, quantizer)."""
+# Ops that move values without changing them: an observer after one belongs to the layer before.
+_SHAPE_OPS = ("permute", "reshape", "view", "pad", "constant_pad_nd", "squeeze", "unsqueeze", "flatten")
+
+
+def _module_named(path: str, names) -> str | None:
+    """The name in ``names`` that ends ``path`` or one of its parents (``a.b.Conv2d_0.1`` -> ``Conv2d_0``)."""
+    while path:
+        for name in names:
+            if path == name or path.endswith("." + name):
+                return name
+        path = path.rpartition(".")[0]
+    return None
+
+
+def _observed_module(node, names) -> str | None:
+    """The name in ``names`` of the module whose output (or weight) ``node`` is, through shape-only ops."""
+    while node is not None:
+        if node.op == "get_attr":  # a parameter: "<module path>.weight"
+            return _module_named(str(node.target).rpartition(".")[0], names)
+        target = str(getattr(node, "target", ""))
+        if any(f"aten.{op}." in target for op in _SHAPE_OPS):  # its values are its input's (a pad: the layer's input)
+            node = node.args[0] if node.args else None
+            continue
+        stack = getattr(node, "meta", {}).get("nn_module_stack") or {}
+        return _module_named(list(stack.values())[-1][0] if stack else "", names)
+    return None
+
+
+def pt2e_calibrate(module, example_nhwc: np.ndarray, calibration: np.ndarray, batch: int = 16,
+                   ranges: dict[str, tuple[float, float]] | None = None,
+                   weight_ranges: dict[str, np.ndarray] | None = None):  # fmt: skip
+    """Export ``module`` (NHWC input), observe ``calibration`` (NCHW), return (quantized graph, quantizer).
+
+    To put tensors on known grids, such as those of an already quantized file (a name
+    matches the end of a module path, e.g. ``backbone.features.Conv2d_0``):
+    ``ranges``: ``{module name: (min, max)}`` replaces the observed range of its output;
+    ``weight_ranges``: ``{module name: per-output-channel max |w|}`` replaces that of its
+    weight (symmetric int8: scale ``max / 127``).
+    """
     import torch
     from torchao.quantization.pt2e import quantize_pt2e
 
@@ -157,6 +194,25 @@ def pt2e_calibrate(module, example_nhwc: np.ndarray, calibration: np.ndarray, ba
     with torch.no_grad():
         for i in tqdm(range(0, len(calibration), batch), desc="calibrating", unit="batch", leave=False, disable=None):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + batch].transpose(0, 2, 3, 1))))
+    ranges, weight_ranges = ranges or {}, weight_ranges or {}
+    for node in prepared.graph.nodes if ranges or weight_ranges else ():
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        observer = getattr(prepared, str(node.target))
+        if not hasattr(observer, "min_val"):
+            continue
+        if node.args[0].op == "get_attr":
+            name = _observed_module(node.args[0], weight_ranges)
+            if name is not None and observer.max_val.shape == (len(weight_ranges[name]),):
+                r = torch.as_tensor(np.asarray(weight_ranges[name]), dtype=observer.max_val.dtype)
+                observer.min_val.copy_(-r)
+                observer.max_val.copy_(r)
+        elif observer.min_val.dim() == 0:
+            name = _observed_module(node.args[0], ranges)
+            if name is not None:
+                lo, hi = ranges[name]
+                observer.min_val.fill_(lo)
+                observer.max_val.fill_(hi)
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 

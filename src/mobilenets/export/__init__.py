@@ -119,7 +119,8 @@ def parity_report(artifact: str | os.PathLike, model: torch.nn.Module, images: n
 def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, resolution: int | None = None,
                  calibration: np.ndarray | None = None, input_dtype: str = "uint8",
                  parity_images: np.ndarray | None = None, parity_source: str = "images",
-                 crop_fraction: float | None = None, parity: bool = True) -> ExportResult:  # fmt: skip
+                 crop_fraction: float | None = None, parity: bool = True,
+                 file_ranges: bool = False) -> ExportResult:  # fmt: skip
     """Export ``model`` to ``out``; int8 when ``calibration`` is given.
 
     Args:
@@ -130,6 +131,9 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
         parity_images: images for the parity report (default: ``calibration``, else synthetic).
         crop_fraction: the central crop the artifact records (default: the weights').
         parity: run the parity report (off for cached copies that `auto` makes).
+        file_ranges: int8 SSD from a quantized file only (`weights.ssd_tflite.load_ssd`): its
+            activations on the file's uint8 grids and its weights exact where int8 holds them
+            (`export.ssd.file_activation_ranges`), instead of calibrated ranges.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -144,8 +148,10 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
     info = base_info(model, fmt, crop_fraction)
     from .ssd import detection_parity, export_detector, is_detector
 
+    if file_ranges and not (is_detector(model) and fmt == "tflite"):
+        raise ConfigError("file_ranges applies to an int8 .tflite of an SSD read from a quantized file")
     if is_detector(model):  # network + TFLite_Detection_PostProcess (.tflite), NMS in the graph (.onnx)
-        info = export_detector(model, fmt, out, info, calibration, input_dtype)
+        info = export_detector(model, fmt, out, info, calibration, input_dtype, file_ranges)
     elif fmt == "tflite":
         from .litert import export_tflite
 

@@ -68,8 +68,14 @@ def nhwc_output_names(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(o.name for o in model.outputs if len(o.shape) == 4)
 
 
-def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], calibration: np.ndarray | None = None) -> bytes:
-    """The ``.tflite`` flatbuffer of ``model`` (NHWC input): float, or int8 when ``calibration`` is given."""
+def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], calibration: np.ndarray | None = None,
+                   ranges: dict[str, tuple[float, float]] | None = None,
+                   weight_ranges: dict[str, np.ndarray] | None = None) -> bytes:  # fmt: skip
+    """The ``.tflite`` flatbuffer of ``model`` (NHWC input): float, or int8 when ``calibration`` is given.
+
+    ``ranges``, ``weight_ranges``: fixed activation / weight ranges by module name, int8 only
+    (`quantize.pt2e_calibrate`).
+    """
     litert_torch = require_litert_torch()
     deploy = DeployModule(model, input_size, channels_last=True).eval()
     nhwc = nhwc_output_names(model)
@@ -85,7 +91,8 @@ def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], cal
 
             from ..quantize import pt2e_calibrate
 
-            graph, quantizer = pt2e_calibrate(deploy, np.zeros((2, h, w, c), np.float32), calibration)
+            graph, quantizer = pt2e_calibrate(deploy, np.zeros((2, h, w, c), np.float32), calibration, ranges=ranges,
+                                              weight_ranges=weight_ranges)
             edge = litert_torch.convert(graph, (torch.from_numpy(example),), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         path = Path(tmp) / "model.tflite"
         edge.export(str(path))

@@ -263,14 +263,63 @@ def class_labels(cfg) -> list[str] | None:
 # --- .tflite ----------------------------------------------------------------------------------------
 
 
+def file_activation_ranges(model: nn.Module) -> dict[str, tuple[float, float]] | None:
+    """``{module: (min, max)}`` of the uint8 grids of the quantized file ``model`` was read from, else None.
+
+    Each conv's own output grid (`weights.ssd_tflite.load_ssd` records them): an int8 export
+    that uses them puts every activation on the file's grid (int8 zero point = uint8 - 128).
+    """
+    info = getattr(model, "file_info", None)
+    grids = getattr(info, "meta", {}).get("activation_quant") if info is not None else None
+    if not grids:
+        return None
+    return {name: (-zero * scale, (255 - zero) * scale) for name, qs in grids.items() if qs
+            for scale, zero in qs[:1] if name != "score_converter"}  # fmt: skip
+
+
+def file_weight_ranges(model: nn.Module) -> dict[str, np.ndarray] | None:
+    """``{module: per-channel max |w|}`` that keep the quantized file's weights exact in symmetric int8.
+
+    The file's weights are ``(q - z) * s`` with one scale per tensor; a channel whose
+    ``|q - z|`` stays within 127 gets range ``127 s`` (int8 scale ``s``: its weights are
+    exact), the others (~0.6% in Google's COCO file) their own max (one rounding each).
+    """
+    info = getattr(model, "file_info", None)
+    arith = getattr(info, "meta", {}).get("conv_arithmetic") if info is not None else None
+    if not arith:
+        return None
+    out = {}
+    for name, a in arith.items():
+        module = model.get_submodule(name)
+        w = (module.conv if hasattr(module, "conv") else module).weight.detach().double()
+        scale = torch.tensor(a.weight_scale, dtype=torch.float64).view(-1, *([1] * (w.dim() - 1)))
+        steps = torch.round(w / scale).abs().flatten(1).amax(1).clamp_min(127)
+        out[name] = (steps * scale.flatten()).numpy()
+    return out
+
+
 def export_detector_tflite(model: nn.Module, out: str | os.PathLike, info: ArtifactInfo,
-                           calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
-    """Write an SSD as ``.tflite``: network (int8 when ``calibration`` is given) + the post-process op + metadata."""
+                           calibration: np.ndarray | None = None, input_dtype: str = "uint8",
+                           file_ranges: bool = False) -> ArtifactInfo:  # fmt: skip
+    """Write an SSD as ``.tflite``: network (int8 when ``calibration`` is given) + the post-process op + metadata.
+
+    ``file_ranges``: int8 activations on the grids of the quantized file the model was read
+    from (`file_activation_ranges`) instead of the calibrated ranges (the input's stays
+    calibrated), and its weights exact where symmetric int8 holds them (`file_weight_ranges`).
+    """
     from .litert import Flatbuffer, add_metadata, convert_tflite, input_contract
 
     raw = RawDetector(model)
-    fb = Flatbuffer(convert_tflite(raw, info.cfg.input_size, calibration))
+    ranges = weight_ranges = None
+    if file_ranges:
+        ranges, weight_ranges = file_activation_ranges(model), file_weight_ranges(model)
+        if ranges is None or calibration is None:
+            raise ConfigError("file_ranges needs calibration images (int8) and a model read from a quantized "
+                              "file (weights.ssd_tflite.load_ssd)")  # fmt: skip
+    fb = Flatbuffer(convert_tflite(raw, info.cfg.input_size, calibration, ranges, weight_ranges))
     input_contract(fb, info, calibration, input_dtype)
+    if ranges:
+        info.quantization = {**(info.quantization or {}), "activation_ranges": "the imported file's uint8 grids"}
     names = append_postprocess(fb, model)
     info.tensors = {spec.name: name for spec, name in zip(info.outputs, names)}
     add_metadata(fb, METADATA_KEY, info.to_json().encode())
@@ -340,10 +389,11 @@ class _DictToTuple(nn.Module):
 
 
 def export_detector(model: nn.Module, fmt: str, out: str | os.PathLike, info: ArtifactInfo,
-                    calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
+                    calibration: np.ndarray | None = None, input_dtype: str = "uint8",
+                    file_ranges: bool = False) -> ArtifactInfo:  # fmt: skip
     """`export_model` for an SSD: ``.tflite`` with the post-process op, or ``.onnx`` with NMS inside (float only)."""
     if fmt == "tflite":
-        return export_detector_tflite(model, out, info, calibration, input_dtype)
+        return export_detector_tflite(model, out, info, calibration, input_dtype, file_ranges)
     if calibration is not None:
         raise ConfigError("an int8 .onnx detector is not supported: export float .onnx, or int8 .tflite")
     return export_detector_onnx(model, out, info)
