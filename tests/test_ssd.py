@@ -202,6 +202,20 @@ def test_names_mirror_the_tf_scopes(model, ssd_file):
 # --- refusals ----------------------------------------------------------------------------------
 
 
+def test_file_weights_known_through_read_weights_until_changed(ssd_file):
+    from mobilenets.builder import model_from_weights
+    from mobilenets.weights import describe, read_weights
+    from mobilenets.weights.ssd_tflite import holds_file_weights
+
+    w = read_weights(ssd_file)
+    built = model_from_weights(w)  # the CLI's and the Predictor's path keeps the file's grids
+    assert holds_file_weights(built) and holds_file_weights(load_ssd(ssd_file))
+    assert "file_info" not in describe(w)  # the JSON summary stays JSON
+    built.reset_head_parameters()  # a new head: the file's activation grids no longer describe it
+    assert not holds_file_weights(built)
+    assert not holds_file_weights(SSDMobileNetV1(alpha=0.25))
+
+
 def test_classifier_file_refused_by_ssd_reader():
     with pytest.raises(WeightsError) as e:
         read_ssd_tflite(shared_path(CLASSIFIER))

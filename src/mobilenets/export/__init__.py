@@ -120,7 +120,7 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
                  calibration: np.ndarray | None = None, input_dtype: str = "uint8",
                  parity_images: np.ndarray | None = None, parity_source: str = "images",
                  crop_fraction: float | None = None, parity: bool = True,
-                 file_ranges: bool = False) -> ExportResult:  # fmt: skip
+                 file_ranges: bool | None = None) -> ExportResult:  # fmt: skip
     """Export ``model`` to ``out``; int8 when ``calibration`` is given.
 
     Args:
@@ -133,7 +133,9 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
         parity: run the parity report (off for cached copies that `auto` makes).
         file_ranges: int8 SSD from a quantized file only (`weights.ssd_tflite.load_ssd`): its
             activations on the file's uint8 grids and its weights exact where int8 holds them
-            (`export.ssd.file_activation_ranges`), instead of calibrated ranges.
+            (`export.ssd.file_activation_ranges`), instead of calibrated ranges. Default: on
+            for an int8 .tflite of a model that still holds the file's weights
+            (`weights.ssd_tflite.holds_file_weights`), off otherwise; False forces calibration.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -148,6 +150,10 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
     info = base_info(model, fmt, crop_fraction)
     from .ssd import detection_parity, export_detector, is_detector
 
+    if file_ranges is None:
+        from ..weights.ssd_tflite import holds_file_weights
+
+        file_ranges = calibration is not None and fmt == "tflite" and is_detector(model) and holds_file_weights(model)
     if file_ranges and not (is_detector(model) and fmt == "tflite"):
         raise ConfigError("file_ranges applies to an int8 .tflite of an SSD read from a quantized file")
     if is_detector(model):  # network + TFLite_Detection_PostProcess (.tflite), NMS in the graph (.onnx)

@@ -39,6 +39,7 @@ class LoadedWeights:
     labels: list[str] | None = None  # class names, when the file carries them
     meta: dict[str, Any] = field(default_factory=dict)
     cfg: PretrainedCfg | None = None  # set by `read_weights` (`contract_of`) when the reader gives none
+    file_info: Any = None  # the reader's own parse of the file, for builders that need more (`ssd_tflite.SSDFileInfo`)
 
 
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -356,6 +357,7 @@ def describe(w: LoadedWeights) -> dict[str, Any]:
     """A JSON-able summary of loaded weights (no tensors)."""
     d = asdict(w)
     d.pop("state_dict")
+    d.pop("file_info")
     d["labels"] = len(w.labels) if w.labels else None
     d["cfg"] = w.cfg.as_dict() if w.cfg else None
     if d["cfg"] and d["cfg"]["labels"]:

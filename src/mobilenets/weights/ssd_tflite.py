@@ -334,6 +334,32 @@ def _on_grid(values: torch.Tensor, scale: torch.Tensor, what: str) -> torch.Tens
     return k
 
 
+def holds_file_weights(model: nn.Module) -> bool:
+    """Whether ``model`` still holds the weights of the quantized file it was read from.
+
+    True for a model from `load_ssd` / `build_ssd` of a uint8 file whose every conv is still
+    on the file's weight grid: then the file's activation grids describe it too (emulation,
+    int8 export on them). False once it is trained, has a new head, or never had a file.
+    """
+    info = getattr(model, "file_info", None)
+    arith = info.meta.get("conv_arithmetic") if info is not None else None
+    if not arith:
+        return False
+    for name, a in arith.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            return False
+        w = (module.conv if hasattr(module, "conv") else module).weight.detach()
+        scale = torch.tensor(a.weight_scale, dtype=torch.float64)
+        if scale.numel() not in (1, w.shape[0]):
+            return False
+        scale = scale.view(-1, *([1] * (w.dim() - 1)))
+        if not torch.equal((torch.round(w.double() / scale) * scale).float(), w.float()):
+            return False
+    return True
+
+
 def _round_half_away(v: torch.Tensor) -> torch.Tensor:
     """C's ``std::round`` (TFLite's ``TfLiteRound``): ties away from zero, unlike `torch.round`."""
     t = v.trunc()
@@ -466,7 +492,7 @@ def read_ssd_weights(path: str | Path):
     cfg = model.pretrained_cfg
     fmt = "tflite-quant" if info.quantized else "tflite-float"
     return LoadedWeights(model.state_dict(), info.alpha, info.num_classes, info.resolution, str(path), fmt,
-                         list(cfg.labels) if cfg.labels else None, {"sha256": info.sha256}, cfg)  # fmt: skip
+                         list(cfg.labels) if cfg.labels else None, {"sha256": info.sha256}, cfg, info)  # fmt: skip
 
 
 def build_ssd(w, resolution: int | None = None):
@@ -491,6 +517,8 @@ def build_ssd(w, resolution: int | None = None):
     if resolution:
         cfg = cfg.replace(input_size=(3, resolution, resolution))
     model.pretrained_cfg = cfg.replace(arch_cfg={**cfg.arch_cfg, **model.arch_cfg()})
+    if isinstance(w.file_info, SSDFileInfo):  # read from Google's file: its grids (emulation, int8 export)
+        model.file_info = w.file_info
     return model.eval()
 
 
