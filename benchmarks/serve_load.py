@@ -375,6 +375,7 @@ def write(result: dict, out: Path) -> None:
         (f"Ceiling (in-process Predictor, best batch size, median of {len(ceil['rounds'])} rounds measured between "
          f"the load runs): **{ceil['images_per_s']:.0f} images/s** (rounds: {per_round}; per batch size in the "
          f"median round: {per_batch}; CPU ms per image: {cpu_per})."),
+        "",
         *([(f"Server layout: {lay['workers']} inference call(s) at once of {lay['threads'] or 'the engine default'} "
            f"thread(s) each. The same layout in-process (that many threads calling one Predictor) reaches "
            f"**{lay['images_per_s']:.0f} images/s** (rounds: {', '.join(f'{v:.0f}' for v in lay['rounds'])}; per "
