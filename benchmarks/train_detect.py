@@ -1,15 +1,19 @@
 """SSD detection fine-tuning on a generated ants/bees set: mAP50 on its held-out split, and the loss curve.
 
-1. ``make_detection_set`` (seed 0): central crops of ../shared/data/hymenoptera photos pasted
-   onto COCO8 / ImageNet-sample backgrounds; train objects and backgrounds from hymenoptera/train
-   and half the backgrounds, val from hymenoptera/val and the other half.
-2. ``train_detect`` from Google's ``coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite``: the
-   backbone frozen, extra layers + box predictors kept and trained, new class predictors for
-   ants, bees + background; SGD momentum 0.9, cosine schedule.
-3. ``tasks.detect.evaluate_detection`` (pycocotools) of the saved ``last.safetensors`` on val.
+1. ``make_detection_set`` (seed 0; 1200 train / 150 val images): central crops of
+   ../shared/data/hymenoptera photos pasted onto COCO8 / ImageNet-sample backgrounds; train
+   objects and backgrounds from hymenoptera/train and half the backgrounds, val from
+   hymenoptera/val and the other half.
+2. ``train_detect`` from Google's ``coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite`` (`RECIPE`):
+   the backbone frozen up to ``Conv2d_9``, ``Conv2d_10``..``Conv2d_13`` trained at lr x0.1, extra
+   layers + box predictors kept and trained, new class predictors for ants, bees + background;
+   AdamW, cosine schedule; flips only, so the frozen layers' maps of each image (and its
+   mirror) are computed once (``cache_features``).
+3. ``tasks.detect.evaluate_detection`` (pycocotools) of the saved ``last.safetensors`` on val,
+   with the per-class NMS the weights carry (the OD API's eval post-processing).
 
     python benchmarks/train_detect.py            # writes train_detect.{json,md,png}
-    python benchmarks/train_detect.py --epochs 4 --threads 2
+    python benchmarks/train_detect.py --set epochs=4 --set optimizer=sgd --threads 2
 """
 
 from __future__ import annotations
@@ -30,12 +34,18 @@ SHARED = Path(os.environ.get("MOBILENETS_SHARED", HERE.parents[1] / "shared" / "
 SSD = SHARED / "models" / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite"
 
 
+# The recipe (any `DetectConfig` field; ``--set KEY=VALUE`` overrides one).
+RECIPE = {"epochs": 16, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "resolution": 300, "random_crop": False,
+          "cache_features": True, "backbone_lr_scale": 0.1, "backbone_train_from": "Conv2d_10_depthwise",
+          "per_class_nms": True, "eval_every": 4}  # fmt: skip
+TRAIN_IMAGES, VAL_IMAGES = 1200, 150
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=0.02)
-    ap.add_argument("--resolution", type=int, default=300)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a DetectConfig field")
+    ap.add_argument("--train-images", type=int, default=TRAIN_IMAGES)
+    ap.add_argument("--val-images", type=int, default=VAL_IMAGES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", help="folder for the data set and the run (default: a temporary one)")
     ap.add_argument("--out", default=str(HERE / "train_detect"), help="prefix of the .json/.md/.png results")
@@ -49,18 +59,19 @@ def main() -> int:
         evaluate_detection_weights,
         make_detect_config,
         open_detection_split,
+        parse_detect_setting,
         train_detect,
     )
 
     work = Path(args.work or tempfile.mkdtemp(prefix="train_detect_"))
     data, run = work / "data", work / "run"
-    spec = SyntheticDetectionSpec(seed=0)
+    spec = SyntheticDetectionSpec(seed=0, train_images=args.train_images, val_images=args.val_images)
     t = time.perf_counter()
     manifest = make_detection_set(data, SHARED / "hymenoptera", spec=spec)
     make_seconds = time.perf_counter() - t
-    cfg = make_detect_config(data, run, weights=str(SSD), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             resolution=args.resolution, eval_every=2, log_every=1, progress=False)  # fmt: skip
-    t = time.perf_counter()
+    settings = {**RECIPE, **dict(parse_detect_setting(t) for t in args.set)}
+    cfg = make_detect_config(data, run, weights=str(SSD), log_every=1, progress=False, **settings)
+    t, load_start = time.perf_counter(), os.getloadavg()[0]
     summary = train_detect(cfg)
     train_wall = time.perf_counter() - t
     final = evaluate_detection_weights(run / "last.safetensors", open_detection_split(data, "val"))
@@ -75,6 +86,7 @@ def main() -> int:
         "dataset": {"spec": manifest["spec"], "counts": manifest["counts"], "seconds": round(make_seconds, 1)},
         "config": cfg.as_dict(),
         "train_wall_seconds": round(train_wall, 1),
+        "loadavg": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},  # the run itself adds ~threads
         "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
         "loss_last10_mean": sum(s["loss"] for s in steps[-10:]) / len(steps[-10:]),
         "final_val": {k: final[k] for k in ("map50", "map", "map75", "mar100", "per_class", "n", "boxes")},
@@ -114,16 +126,41 @@ def _plot(steps: list[dict], epochs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _recipe(c: dict) -> str:
+    """The config in words."""
+    if c["backbone_lr_scale"] == 0:
+        backbone = "backbone frozen"
+    elif c["backbone_train_from"]:
+        backbone = (f"backbone frozen up to `{c['backbone_train_from']}`, from there trained at lr "
+                    f"x{c['backbone_lr_scale']:g}")  # fmt: skip
+    else:
+        backbone = f"backbone trained at lr x{c['backbone_lr_scale']:g}"
+    if c["cache_features"]:
+        backbone += " (the frozen layers' maps of every train image and its mirror computed once: `cache_features`)"
+    aug = ", ".join(n for n, on in (("SSD random crop", c["random_crop"]), ("horizontal flip", c["flip"])) if on)
+    loss = "sigmoid focal loss" if c["loss"] == "focal" else f"sigmoid loss, hard negatives {c['neg_per_pos']:g}:1"
+    per_box = f"{c['classes_per_box']} classes" if c.get("classes_per_box") else "every class"
+    nms = "per-class NMS (the OD API's eval)" if c["per_class_nms"] else f"fast NMS, {per_box} per box"
+    return (f"{backbone}; extra layers and box predictors from the file, trained; new class predictors (ants, bees "
+            f"+ background). {c['optimizer']} lr {c['lr']:g} (cosine, warmup {c['warmup_epochs']:g} epoch), "
+            f"{c['epochs']} epochs, batch {c['batch_size']}, {loss}, augmentation: {aug or 'none'}; "
+            f"{c['resolution']}x{c['resolution']}; evaluated with {nms}, {c['max_detections']} boxes per image")  # fmt: skip
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
 def _markdown(r: dict, path: Path) -> None:
     f, c = r["final_val"], r["config"]
+    secs = [e["epoch_seconds"] for e in r["epochs"]]
     lines = [
         "# SSD detection fine-tuning (generated ants/bees set)",
         "",
         (
-            f"Google's `coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite` (alpha 0.75), backbone frozen, extra layers and "
-            f"box predictors trained, new class predictors (ants, bees + background). {c['epochs']} epochs, batch "
-            f"{c['batch_size']}, lr {c['lr']}, {c['resolution']}x{c['resolution']}, {r['machine']['threads']} CPU threads "
-            f"(`{r['machine']['cpu']}`, torch {r['machine']['torch']})."
+            f"Google's `coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite` (alpha 0.75): {_recipe(c)}. "
+            f"{r['machine']['threads']} CPU threads (`{r['machine']['cpu']}`, torch {r['machine']['torch']})."
         ),
         "",
         (
@@ -137,15 +174,19 @@ def _markdown(r: dict, path: Path) -> None:
         f"| val mAP50 (pycocotools) | {f['map50']:.3f} |",
         f"| val mAP@[.5:.95] | {f['map']:.3f} |",
         f"| val mAP75 | {f['map75']:.3f} |",
-        *(f"| AP {k} | {v:.3f} |" for k, v in f["per_class"].items()),
+        *(f"| AP@[.5:.95] {k} | {v:.3f} |" for k, v in f["per_class"].items()),
         f"| loss first step -> mean of last 10 | {r['loss_first']:.3f} -> {r['loss_last10_mean']:.3f} |",
-        f"| training wall time (incl. per-2-epoch val) | {r['train_wall_seconds']:.0f} s |",
+        f"| training wall time (incl. val every {c['eval_every']} epochs) | {r['train_wall_seconds']:.0f} s |",
+        f"| epoch time: median / slowest | {_median(secs):.1f} s / {max(secs):.1f} s |",
         "",
         "![loss](train_detect.png)",
         "",
         (
-            "Reproduce: `python benchmarks/train_detect.py` (the machine was shared with other jobs while measuring; "
-            "wall time varies with load)."
+            "Reproduce: `python benchmarks/train_detect.py`. "
+            + (f"Load average {r['loadavg']['start']:.1f} at the start, {r['loadavg']['end']:.1f} at the end (the run "
+               f"itself adds about {r['machine']['threads']}); " if "start" in r.get("loadavg", {}) else
+               f"{r['loadavg']['note']}; " if "note" in r.get("loadavg", {}) else "")
+            + "other jobs on the machine slow epochs down (the slowest epoch against the median shows it)."
         ),
     ]
     path.write_text("\n".join(lines) + "\n")

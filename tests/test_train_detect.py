@@ -22,11 +22,13 @@ from mobilenets.models.ssd import SSDMobileNetV1
 from mobilenets.train.detect import (
     assign_targets,
     augment_sample,
+    frozen_backbone_layers,
     make_detect_config,
     match_anchors,
     open_detection_split,
     parse_detect_setting,
     ssd_loss,
+    train_detect,
 )
 
 from .conftest import shared_path
@@ -93,6 +95,23 @@ def test_parse_detect_setting():
         parse_detect_setting("nonsense=1")
     with pytest.raises(ConfigError):
         make_detect_config("d", "o", loss="hinge")
+    with pytest.raises(ConfigError):
+        make_detect_config("d", "o", optimizer="lion")
+    with pytest.raises(ConfigError, match="cache_features"):
+        make_detect_config("d", "o", cache_features=True)  # random crop on: nothing to cache
+    with pytest.raises(ConfigError, match="cache_features"):
+        make_detect_config("d", "o", cache_features=True, random_crop=False, backbone_lr_scale=0.1)
+
+
+def test_frozen_backbone_layers():
+    model = SSDMobileNetV1(alpha=0.25, num_classes=3)
+    names = [n for n, _ in model.backbone.features.named_children()]
+    assert frozen_backbone_layers(model, make_detect_config("d", "o")) == names  # backbone_lr_scale 0
+    assert frozen_backbone_layers(model, make_detect_config("d", "o", backbone_lr_scale=0.1)) == []
+    part = make_detect_config("d", "o", backbone_lr_scale=0.1, backbone_train_from="Conv2d_12_depthwise")
+    assert frozen_backbone_layers(model, part) == names[: names.index("Conv2d_12_depthwise")]
+    with pytest.raises(ConfigError, match="not a backbone layer"):
+        frozen_backbone_layers(model, make_detect_config("d", "o", backbone_lr_scale=0.1, backbone_train_from="x"))
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -176,6 +195,27 @@ def test_detection_set_is_deterministic_and_readable(tmp_path):
     assert not set(manifest["backgrounds"]["train"]) & set(manifest["backgrounds"]["val"])
 
 
+# --- runs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train_from", ["", "Conv2d_12_depthwise"])
+def test_cached_backbone_maps_train_like_the_full_forward(tmp_path, train_from):
+    """``cache_features`` (frozen layers' maps computed once, mirrors included) changes the speed, not the run."""
+    from mobilenets.weights import read_weights
+
+    data = _make_set(tmp_path / "data", train=8, val=2)
+    part = {"backbone_lr_scale": 0.1, "backbone_train_from": train_from} if train_from else {}
+    settings = dict(alpha=0.25, resolution=96, epochs=2, batch_size=4, random_crop=False, optimizer="adamw",
+                    lr=1e-3, progress=False, eval_every=0, **part)  # fmt: skip
+    for name, cache in (("full", False), ("cached", True)):
+        train_detect(make_detect_config(data, tmp_path / name, cache_features=cache, **settings), log=lambda s: None)
+    a, b = (read_weights(tmp_path / n / "last.safetensors") for n in ("full", "cached"))
+    assert set(a.state_dict) == set(b.state_dict)
+    assert all(torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6) for k in a.state_dict)
+    post = b.cfg.arch_cfg["postprocess"]  # 100 boxes, each with both classes' scores (fast NMS: exportable)
+    assert not post["use_regular_nms"] and post["max_detections"] == 100 and post["max_classes_per_detection"] == 2
+
+
 # --- a run, killed and resumed --------------------------------------------------------------------
 
 
@@ -191,15 +231,22 @@ def _losses(run: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
+# the benchmark's kind of recipe: cached frozen layers (recomputed on resume), the top of the backbone, AdamW
+CACHED_RECIPE = ("--set", "cache_features=true", "--set", "random_crop=false", "--set", "optimizer=adamw",
+                 "--set", "backbone_train_from=Conv2d_12_depthwise", "--lr", "0.003")  # fmt: skip
+
+
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted_and_loss_falls(tmp_path):
-    """From scratch (alpha 0.25, 96 px, BN in train mode, backbone at lr x0.1): 3 epochs x 4 steps."""
+@pytest.mark.parametrize("recipe", [(), CACHED_RECIPE], ids=["bn-train", "cached-adamw"])
+def test_kill_9_then_resume_equals_uninterrupted_and_loss_falls(tmp_path, recipe):
+    """From scratch (alpha 0.25, 96 px, backbone at lr x0.1): 3 epochs x 4 steps."""
     from mobilenets.weights import read_weights
 
     data = _make_set(tmp_path / "data")
+    plain = () if recipe else ("--set", "bn_mode=train", "--lr", "0.05")
     args = ["train", "--task", "detect", "--model", "ssd_mobilenet_v1_0.25", "--data", str(data), "--epochs", "3",
-            "--batch-size", "4", "--lr", "0.05", "--workers", "0", "--checkpoint-every", "3", "--log-every", "1",
-            "--set", "resolution=96", "--set", "bn_mode=train", "--set", "backbone_lr_scale=0.1",
+            "--batch-size", "4", "--workers", "0", "--checkpoint-every", "3", "--log-every", "1",
+            "--set", "resolution=96", *plain, "--set", "backbone_lr_scale=0.1", *recipe,
             "--no-progress"]  # fmt: skip
     ref = tmp_path / "reference"
     summary = json.loads(_mobilenets(*args, "--output", str(ref), "--json").stdout.strip().splitlines()[-1])

@@ -7,7 +7,8 @@
     mobilenets finetune --task detect --output runs/det --resume      # after a kill
 
 ``--resolution`` is the input side; ``--set KEY=VALUE`` sets any `DetectConfig` field
-(``backbone_lr_scale``, ``bn_mode``, ``loss``, ``eval_every``, ...).
+(``backbone_lr_scale``, ``backbone_train_from``, ``cache_features``, ``optimizer``, ``bn_mode``, ``loss``,
+``eval_every``, ...).
 """
 
 from __future__ import annotations

@@ -553,7 +553,14 @@ class SSDMobileNetV1(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All SSD feature maps (19, 10, 5, 3, 2, 1 at 300x300), in predictor order."""
-        from_backbone = iter(self.backbone_features(x))
+        return self.features_from_backbone(self.backbone_features(x))
+
+    def features_from_backbone(self, backbone_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """All SSD feature maps from the `backbone_features` maps: the extra layers run on them.
+
+        (Lets training with a frozen backbone compute its maps once per image.)
+        """
+        from_backbone = iter(backbone_maps)
         extras = iter(self.extras.values())
         maps: list[torch.Tensor] = []
         for fm in self.feature_maps:

@@ -15,6 +15,15 @@ ssd_meta_arch.py``, ``matchers/argmax_matcher.py``, ``core/losses.py``,
 - augmentation (`augment_sample`): ``ssd_random_crop`` (one of seven minimum-coverage
   settings, or the whole image with probability 0.15; boxes kept when that much of them
   is inside the crop, clipped), then a horizontal flip, then the whole image resized.
+- the trained weights carry the post-processing their mAP is measured with: 100 boxes, each
+  with every class's score (fast NMS, exportable), or NMS per class as the OD API evaluates
+  (``per_class_nms``).
+
+Speed on CPUs (``cache_features``): without the random crop, the frozen backbone layers
+(all, or those before ``backbone_train_from``) see the same image every epoch, up to the
+flip; their maps of each train image and its mirror are computed once, and every step runs
+only the trained layers: exactly the run without the cache (same seeded flips), many times
+faster (`CachedBackboneMaps`, `SSDAfterFrozenLayers`).
 
 Data (`open_detection_split`): a YOLO layout (``images/<split>``, ``labels/<split>``, class
 names in ``classes.txt`` or ``data.yaml``) or COCO JSON (``annotations/instances_<split>.json``
@@ -86,6 +95,8 @@ class DetectConfig:
     batch_size: int = 16
     lr: float = 0.02  # peak, for the head (extra layers + predictors)
     backbone_lr_scale: float = 0.0  # 0 freezes the MobileNet backbone
+    backbone_train_from: str = ""  # first backbone layer trained (TF-Slim name, e.g. Conv2d_12_depthwise); "": all
+    optimizer: str = "sgd"  # sgd (with momentum) | adamw
     momentum: float = 0.9
     weight_decay: float = 4e-5  # OD API l2_regularizer 0.00004 on conv kernels
     warmup_epochs: float = 0.5
@@ -99,6 +110,10 @@ class DetectConfig:
     min_negatives: int = 0  # per image (OD API: 0)
     random_crop: bool = True
     flip: bool = True
+    cache_features: bool = False  # no random crop: the frozen backbone layers' maps of each image computed once
+    max_detections: int = 100  # the trained model's post-processing: boxes kept per image
+    classes_per_box: int = 0  # fast NMS: classes reported per kept box (0: all), each with its own score
+    per_class_nms: bool = False  # NMS per class (the OD API's eval post-processing; no ONNX export)
     eval_every: int = 1  # epochs between val mAP evaluations (0: only at the end)
     seed: int = 0
     workers: int = 0
@@ -134,8 +149,17 @@ def make_detect_config(data: str | Path, output: str | Path, **settings: Any) ->
     cfg = DetectConfig(data=str(data), output=str(output), **settings)
     if cfg.loss not in ("sigmoid", "focal"):
         raise ConfigError(f"loss must be sigmoid or focal, got {cfg.loss!r}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     if cfg.bn_mode not in ("frozen", "train"):
         raise ConfigError(f"bn_mode must be frozen or train, got {cfg.bn_mode!r}")
+    frozen_part = cfg.backbone_lr_scale == 0 or cfg.backbone_train_from not in ("", "Conv2d_0")
+    if cfg.cache_features and (not frozen_part or cfg.bn_mode != "frozen" or cfg.random_crop):
+        raise ConfigError("cache_features needs frozen backbone layers (backbone_lr_scale=0 or backbone_train_from), "
+                          "bn_mode=frozen and random_crop=False (flips are cached both ways)")  # fmt: skip
+    if cfg.max_detections < 1 or cfg.classes_per_box < 0:
+        raise ConfigError(f"max_detections must be >= 1 and classes_per_box >= 0, got {cfg.max_detections}, "
+                          f"{cfg.classes_per_box}")  # fmt: skip
     return cfg
 
 
@@ -349,8 +373,12 @@ def augment_sample(img: Image.Image, boxes: np.ndarray, labels: np.ndarray, rng:
                             max(round(y1 * h), round(y0 * h) + 1)))  # fmt: skip
     if flip and rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        boxes = np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], axis=1).astype(np.float32)
+        boxes = _flip_boxes(boxes)
     return img, boxes.reshape(-1, 4), labels
+
+
+def _flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], axis=1).astype(np.float32)
 
 
 class AugmentedDetections(Dataset):
@@ -375,18 +403,97 @@ class AugmentedDetections(Dataset):
             return e
         rng = np.random.default_rng([self.seed, epoch, index])
         img, boxes, labels = augment_sample(img, boxes, labels, rng, self.random_crop, self.flip)
+        return self.to_tensor(img), torch.from_numpy(boxes), torch.from_numpy(labels)
+
+    def to_tensor(self, img: Image.Image) -> torch.Tensor:
+        """Resized to the input side, normalised, [3, R, R]."""
         img = img.resize((self.resolution, self.resolution), Image.BILINEAR)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self.mean) / self.std, torch.from_numpy(boxes), torch.from_numpy(labels)
+        return (x - self.mean) / self.std
+
+
+class CachedBackboneMaps(Dataset):
+    """Train samples as the maps of the frozen backbone layers, computed once per image (and its mirror if ``flip``).
+
+    Keyed like `AugmentedDetections` (the same seeded flip, no crop); in fixed chunks of
+    ``batch_size`` in index order, so a resumed run recomputes the very same maps.
+    """
+
+    def __init__(self, model: SSDMobileNetV1, frozen: list[str], images: AugmentedDetections, batch_size: int,
+                 device: torch.device) -> None:  # fmt: skip
+        self.data, self.seed, self.flip = images.data, images.seed, images.flip
+        self.names = cached_map_names(model, frozen)
+        n, self.errors = len(images), {}
+        self.maps: list[list[torch.Tensor]] = []  # [view][map] -> [N, C, H, W]; view 1: mirrored
+        for mirrored in (False, True) if self.flip else (False,):
+            chunks: list[list[torch.Tensor]] = []
+            for start in range(0, n, batch_size):
+                xs = []
+                for i in range(start, min(start + batch_size, n)):
+                    try:
+                        img = load_image(self.data.samples[i][0], decode="pillow")
+                    except ImageError as e:
+                        self.errors[i] = e
+                        img = Image.new("RGB", (images.resolution, images.resolution))
+                    xs.append(images.to_tensor(img.transpose(Image.FLIP_LEFT_RIGHT) if mirrored else img))
+                with torch.no_grad():
+                    maps = model.backbone.forward_endpoints(torch.stack(xs).to(device), self.names)
+                chunks.append([maps[name].cpu() for name in self.names])
+            self.maps.append([torch.cat(parts) for parts in zip(*chunks)])
+
+    def __len__(self) -> int:
+        return len(self.data.samples)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        if index in self.errors:
+            return self.errors[index]
+        _, boxes, labels = self.data.samples[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        mirrored = self.flip and rng.random() < 0.5  # augment_sample's draw without a crop
+        if mirrored:
+            boxes = _flip_boxes(boxes).reshape(-1, 4)
+        return tuple(m[index] for m in self.maps[mirrored]), torch.from_numpy(boxes), torch.from_numpy(labels)
+
+
+def cached_map_names(model: SSDMobileNetV1, frozen: list[str]) -> list[str]:
+    """What `CachedBackboneMaps` keeps: the SSD's backbone maps among the ``frozen`` layers, and the last of them."""
+    keep = [n for n in model.backbone_endpoints if n in frozen]
+    return keep if frozen[-1] in keep else [*keep, frozen[-1]]
+
+
+class SSDAfterFrozenLayers(nn.Module):
+    """The training forward of an SSD from `CachedBackboneMaps`: the trained backbone layers, extras, predictors."""
+
+    def __init__(self, model: SSDMobileNetV1, frozen: list[str], image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.image_size = model, image_size
+        self.names, self.last_frozen = cached_map_names(model, frozen), frozen[-1]
+        layers = list(model.backbone.features.named_children())
+        self.trained = layers[len(frozen) :]
+
+    def forward(self, cached: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        found = dict(zip(self.names, cached))
+        x = found[self.last_frozen]
+        for name, layer in self.trained:
+            x = layer(x)
+            found[name] = x
+        maps = self.model.features_from_backbone([found[n] for n in self.model.backbone_endpoints])
+        box, logits = self.model.head(maps)
+        grid = [tuple(m.shape[-2:]) for m in maps]
+        anchors = self.model.anchors(grid, self.image_size, box.dtype, box.device)
+        return {"box_encodings": box, "class_logits": logits, "anchors": anchors}
 
 
 def collate_detections(batch: list):
-    """``(images [N, 3, R, R] or None, [boxes_i], [labels_i], [ImageError])``."""
+    """``(images [N, 3, R, R] (or a tuple of backbone maps) or None, [boxes_i], [labels_i], [ImageError])``."""
     good = [b for b in batch if not isinstance(b, ImageError)]
     bad = [b for b in batch if isinstance(b, ImageError)]
     if not good:
         return None, [], [], bad
-    return torch.stack([g[0] for g in good]), [g[1] for g in good], [g[2] for g in good], bad
+    xs = [g[0] for g in good]
+    x = torch.stack(xs) if isinstance(xs[0], torch.Tensor) else tuple(torch.stack(m) for m in zip(*xs))
+    return x, [g[1] for g in good], [g[2] for g in good], bad
 
 
 # --- matcher and loss ---------------------------------------------------------------------------
@@ -483,6 +590,7 @@ def build_detector(
     labels = ("background", *classes)
     if not cfg.weights:
         model = SSDMobileNetV1(alpha=cfg.alpha, num_classes=k)
+        _set_postprocess(model, cfg)
         model.pretrained_cfg = default_ssd_cfg(cfg.alpha, k, labels=labels, input_size=(3, cfg.resolution, cfg.resolution),
                                                arch_cfg=model.arch_cfg())  # fmt: skip
         return model
@@ -517,10 +625,25 @@ def build_detector(
         base = default_ssd_cfg(w.alpha, k)
         if w.cfg is not None:
             base = base.replace(mean=w.cfg.mean, std=w.cfg.std)
+    _set_postprocess(model, cfg)
     model.pretrained_cfg = base.replace(num_classes=k, labels=labels, label_offset=1, task="detect",
                                         input_size=(3, cfg.resolution, cfg.resolution), arch_cfg=model.arch_cfg(),
                                         quantization=None)  # fmt: skip
     return model
+
+
+def _set_postprocess(model: SSDMobileNetV1, cfg: DetectConfig) -> None:
+    """The post-processing the trained weights carry (and are evaluated with).
+
+    The OD API measures COCO mAP with NMS per class, 100 boxes (``batch_non_max_suppression``):
+    every class's score of a box counts. Google's ``.tflite`` keeps 10 boxes of one class each
+    (fast NMS), which under-reports a new head's mAP; the default here stays fast NMS (it
+    exports everywhere) with 100 boxes and every class of each (``classes_per_box`` 0).
+    """
+    pp = model.postprocess
+    pp.max_detections, pp.use_regular_nms = cfg.max_detections, cfg.per_class_nms
+    pp.max_classes_per_detection = cfg.classes_per_box or pp.num_classes
+    pp.detections_per_class = cfg.max_detections
 
 
 def set_detect_train_mode(model: SSDMobileNetV1, cfg: DetectConfig) -> None:
@@ -532,14 +655,28 @@ def set_detect_train_mode(model: SSDMobileNetV1, cfg: DetectConfig) -> None:
                 m.eval()
 
 
+def frozen_backbone_layers(model: SSDMobileNetV1, cfg: DetectConfig) -> list[str]:
+    """The backbone layers not trained, in order: all (``backbone_lr_scale`` 0) or those before ``backbone_train_from``."""
+    names = [n for n, _ in model.backbone.features.named_children()]
+    if cfg.backbone_lr_scale == 0:
+        return names
+    if not cfg.backbone_train_from:
+        return []
+    if cfg.backbone_train_from not in names:
+        raise ConfigError(f"backbone_train_from {cfg.backbone_train_from!r}: not a backbone layer "
+                          f"({names[0]} ... {names[-1]})")  # fmt: skip
+    return names[: names.index(cfg.backbone_train_from)]
+
+
 def detect_param_groups(model: SSDMobileNetV1, cfg: DetectConfig) -> list[dict[str, Any]]:
     """Head (extras + predictors) at ``lr``, backbone at ``lr * backbone_lr_scale`` (0: frozen); decay on conv kernels."""
     frozen_bn = cfg.bn_mode == "frozen"
+    frozen = set(frozen_backbone_layers(model, cfg))
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         backbone = name.startswith("backbone.")
         bn = ".bn." in name
-        if (backbone and cfg.backbone_lr_scale == 0) or (bn and frozen_bn):
+        if (backbone and name.split(".")[2] in frozen) or (bn and frozen_bn):
             p.requires_grad_(False)
             continue
         p.requires_grad_(True)
@@ -576,7 +713,9 @@ class DetectTrainer:
         self.model = build_detector(cfg, self.classes, self.log if state is None else (lambda s: None)).to(self.device)
         self.sampler = ResumableSampler(len(self.train_data), cfg.batch_size, info, cfg.seed)
         self.steps_per_epoch = self.sampler.batches_per_epoch
-        self.optimizer = torch.optim.SGD(detect_param_groups(self.model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+        groups = detect_param_groups(self.model, cfg)
+        self.optimizer = (torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
+                          else torch.optim.AdamW(groups, lr=cfg.lr))  # fmt: skip
         total = cfg.epochs * self.steps_per_epoch
         self.schedule = LRSchedule("cosine", total, round(cfg.warmup_epochs * self.steps_per_epoch),
                                    min_ratio=cfg.min_lr_ratio)  # fmt: skip
@@ -593,12 +732,15 @@ class DetectTrainer:
                 dict(state["partial"]) if info.is_main else {**_step_stats(), "seconds": state["partial"]["seconds"]}
             )
         self.skipped = SkipCorrupt(warned=not info.is_main)
-        self.net: nn.Module = self.model
+        size = (cfg.resolution, cfg.resolution)
+        self.frozen_layers = frozen_backbone_layers(self.model, cfg)
+        self.net: nn.Module = (SSDAfterFrozenLayers(self.model, self.frozen_layers, size) if cfg.cache_features
+                               else self.model)  # fmt: skip
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            self.net = DistributedDataParallel(self.net, device_ids=ids)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -643,6 +785,12 @@ class DetectTrainer:
             keep_freed_memory()
         ds = AugmentedDetections(self.train_data, cfg.resolution, self.model.pretrained_cfg.mean,
                                  self.model.pretrained_cfg.std, cfg.seed, cfg.random_crop, cfg.flip)  # fmt: skip
+        if cfg.cache_features and self.epoch < cfg.epochs:
+            t = time.perf_counter()
+            set_detect_train_mode(self.model, cfg)
+            ds = CachedBackboneMaps(self.model, self.frozen_layers, ds, cfg.batch_size, self.device)
+            self.log(f"{', '.join(ds.names)} maps of {len(ds)} train images{' and their mirrors' if cfg.flip else ''} cached "
+                     f"in {time.perf_counter() - t:.1f}s")  # fmt: skip
         loader = DataLoader(ds, batch_size=cfg.batch_size // info.world_size, sampler=self.sampler,
                             num_workers=cfg.workers, collate_fn=collate_detections,
                             persistent_workers=cfg.workers > 0, drop_last=True)  # fmt: skip
@@ -679,7 +827,7 @@ class DetectTrainer:
             stats["skipped"] += len(bad)
             parts = None
             if x is not None:
-                x = x.to(self.device)
+                x = x.to(self.device) if isinstance(x, torch.Tensor) else tuple(m.to(self.device) for m in x)
                 out = self.net(x)
                 cls_t, box_t = assign_targets(self.model, out["anchors"], boxes, labels)
                 parts = ssd_loss(out["box_encodings"].float(), out["class_logits"].float(), cls_t, box_t, cfg)
@@ -687,7 +835,7 @@ class DetectTrainer:
                 parts["loss"].backward()
                 self.optimizer.step()
                 parts = {k: v.detach() for k, v in parts.items()}
-                n = len(x)
+                n = len(boxes)
                 stats["loss_sum"] += float(parts["loss"]) * n
                 stats["cls_sum"] += float(parts["cls_loss"]) * n
                 stats["loc_sum"] += float(parts["loc_loss"]) * n
@@ -698,7 +846,7 @@ class DetectTrainer:
             self.step += 1
             bar.update(1)
             if self.step % cfg.log_every == 0:
-                self._log_step(parts, 0 if x is None else len(x), lr)
+                self._log_step(parts, 0 if x is None else len(boxes), lr)
                 if parts is not None:
                     bar.set_postfix(loss=f"{float(parts['loss']):.3f}", lr=f"{lr:.3g}")
             done = batch_index + 1
