@@ -273,3 +273,13 @@ def test_kill_9_then_resume_equals_uninterrupted_and_loss_falls(tmp_path, recipe
     assert _losses(ref) == _losses(killed)
     w = read_weights(killed / "last.safetensors")
     assert w.cfg.task == "detect" and list(w.cfg.labels) == ["background", "ants", "bees"]
+
+
+def test_summary_line_of_a_run_too_short_to_log_a_step(tmp_path):
+    """1 epoch of 2 steps with --log-every 10: no step logged, the text summary still prints (no traceback)."""
+    data = _make_set(tmp_path / "data")
+    r = _mobilenets("train", "--task", "detect", "--model", "ssd_mobilenet_v1_0.25", "--data", str(data),
+                    "--epochs", "1", "--batch-size", "8", "--workers", "0", "--set", "resolution=96",
+                    "--no-progress", "--output", str(tmp_path / "run"))  # fmt: skip
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("1 epochs in ") and "loss n/a -> n/a" in last and "Traceback" not in r.stderr

@@ -68,10 +68,13 @@ def cmd_detect(args: argparse.Namespace, finetune: bool) -> int:
     if args.json:
         print_json(summary)
     else:
-        m50 = summary["val_map50"]
-        print(f"{summary['epochs']} epochs in {summary['seconds']:.0f}s; loss {summary['first_loss']:.3f} -> "
-              f"{summary['last_loss']:.3f}; val mAP50 {'n/a' if m50 is None else f'{100 * m50:.2f}%'} (best "
-              f"{100 * summary['best_map50']:.2f}% at epoch {summary['best_epoch']}); weights {summary['weights']}")  # fmt: skip
+        def num(key: str, fmt: str, scale: float = 1.0) -> str:  # a run too short to log a step has None
+            v = summary.get(key)
+            return "n/a" if v is None else format(scale * v, fmt)
+
+        print(f"{summary['epochs']} epochs in {num('seconds', '.0f')}s; loss {num('first_loss', '.3f')} -> "
+              f"{num('last_loss', '.3f')}; val mAP50 {num('val_map50', '.2f', 100)}% (best "
+              f"{num('best_map50', '.2f', 100)}% at epoch {summary.get('best_epoch')}); weights {summary['weights']}")  # fmt: skip
     return 0
 
 
