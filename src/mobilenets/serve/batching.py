@@ -4,8 +4,8 @@
 N x C x H x W array (a bounded queue: `QueueFull` when it is full) and returns that
 request's rows of every output. A collector task takes the first waiting request, then
 keeps taking more until ``max_batch`` rows are gathered or ``max_wait_ms`` has passed since
-the first, concatenates them and runs the batch on one of ``workers`` inference threads
-(the event loop never runs the model). While the workers are busy, requests pile up in
+the first, and hands them to one of ``workers`` inference threads, which stacks them and
+runs the batch (the event loop never copies the batch or runs the model). While the workers are busy, requests pile up in
 the queue and the next batch starts full: under load the wait is rarely paid.
 
 `BatchedPredictor` is a `Predictor` look-alike for code running in other threads (the
