@@ -156,13 +156,8 @@ def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, work
     while time.monotonic() - t0 < 120:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as s:
-                s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc
-        except OSError:
-            pass
+        if ready(port):
+            return proc
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not become ready")

@@ -83,6 +83,13 @@ def keras_file(tmp_path: Path, name: str) -> Path:
     return out
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Corrupt one byte of ``path`` in place (damaged-file tests)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
 def make_tgz(dest: Path, members: dict, mode: str = "w:gz") -> Path:
     """A tar archive of ``{name: bytes or Path}``."""
     import io

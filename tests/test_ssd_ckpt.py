@@ -26,7 +26,7 @@ from mobilenets.weights import build_model, read_weights, save_weights
 from mobilenets.weights.slim_ckpt import EMA_SUFFIX, Checkpoint, open_checkpoint, read_slim_checkpoint
 from mobilenets.weights.ssd_ckpt import is_od_api_checkpoint, is_ssd_checkpoint, read_ssd_checkpoint, skipped_kind
 
-from .conftest import CKPT, FIXTURES, SHARD
+from .conftest import CKPT, FIXTURES, SHARD, flip_byte
 
 SSD = "ssd_tiny.ckpt"
 ZOO = FIXTURES / "ssd_zoo_tiny" / "model.ckpt"
@@ -211,21 +211,15 @@ def test_classifier_checkpoint_refused_by_the_ssd_reader_and_the_reverse():
     assert not is_ssd_checkpoint(open_checkpoint(FIXTURES / CKPT).entries)
 
 
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x55
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(
     ("damage", "needle"),
     [
         (lambda p: p.with_name(p.name + SHARD).write_bytes(p.with_name(p.name + SHARD).read_bytes()[:100_000]),
          "truncated checkpoint data"),
-        (lambda p: _flip(p.with_name(p.name + SHARD), 150_000), "fails its CRC32C check"),
+        (lambda p: flip_byte(p.with_name(p.name + SHARD), 150_000), "fails its CRC32C check"),
         (lambda p: p.with_name(p.name + ".index").write_bytes(p.with_name(p.name + ".index").read_bytes()[:-20]),
          "not a TensorFlow checkpoint index"),
-        (lambda p: _flip(p.with_name(p.name + ".index"), 200), "corrupt checkpoint index"),
+        (lambda p: flip_byte(p.with_name(p.name + ".index"), 200), "corrupt checkpoint index"),
         (lambda p: p.with_name(p.name + SHARD).unlink(), "cannot read checkpoint data"),
     ],
     ids=["data-truncated", "data-bitflip", "index-truncated", "index-bitflip", "no-data"],

@@ -22,7 +22,19 @@ from mobilenets.weights import archive, build_model, read_weights
 from mobilenets.weights.keras_h5 import read_keras_h5
 from mobilenets.weights.slim_ckpt import crc32c, read_slim_checkpoint
 
-from .conftest import CKPT, FIXTURES, KERAS, SHARD, SLIM, keras_file, logits, make_tgz, shared_path, slim_members
+from .conftest import (
+    CKPT,
+    FIXTURES,
+    KERAS,
+    SHARD,
+    SLIM,
+    flip_byte,
+    keras_file,
+    logits,
+    make_tgz,
+    shared_path,
+    slim_members,
+)
 
 KERAS_FILES = ("keras2_weights.h5", "keras3_model.h5", "keras3.weights.h5")
 
@@ -80,21 +92,15 @@ def test_slim_checkpoint_ema_choice_and_layouts():
     assert torch.equal(state["features.Conv2d_5_pointwise.bn.weight"], torch.ones(16))  # slim's scale=False
 
 
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x55
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(
     ("damage", "needle"),
     [
         (lambda p: p.with_name(p.name + SHARD).write_bytes(p.with_name(p.name + SHARD).read_bytes()[:50_000]),
          "truncated checkpoint data"),
-        (lambda p: _flip(p.with_name(p.name + SHARD), 40_000), "fails its CRC32C check"),
+        (lambda p: flip_byte(p.with_name(p.name + SHARD), 40_000), "fails its CRC32C check"),
         (lambda p: p.with_name(p.name + ".index").write_bytes(p.with_name(p.name + ".index").read_bytes()[:-20]),
          "not a TensorFlow checkpoint index"),
-        (lambda p: _flip(p.with_name(p.name + ".index"), 100), "corrupt checkpoint index"),
+        (lambda p: flip_byte(p.with_name(p.name + ".index"), 100), "corrupt checkpoint index"),
         (lambda p: p.with_name(p.name + SHARD).unlink(), "cannot read checkpoint data"),
         (lambda p: p.with_name(p.name + ".index").unlink(), "no such checkpoint"),
     ],

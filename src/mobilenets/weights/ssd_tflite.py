@@ -326,10 +326,16 @@ def _conv_arithmetic(g: TFLiteGraph, convs: list, module_of: dict[int, str]) -> 
     return out
 
 
-def _on_grid(values: torch.Tensor, scale: torch.Tensor, what: str) -> torch.Tensor:
-    """``values / scale`` as exact integers (float64); refuses values the file's grid does not hold."""
+def _grid_steps(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """``values / scale`` as exact integers (float64), or None where the file's grid does not hold ``values``."""
     k = torch.round(values.detach().double() / scale)
-    if not torch.equal((k * scale).float(), values.detach().float()):
+    return k if torch.equal((k * scale).float(), values.detach().float()) else None
+
+
+def _on_grid(values: torch.Tensor, scale: torch.Tensor, what: str) -> torch.Tensor:
+    """`_grid_steps`, refusing values the file's grid does not hold."""
+    k = _grid_steps(values, scale)
+    if k is None:
         raise WeightsError(f"{what} is no longer on the file's quantization grid (changed after loading?)")
     return k
 
@@ -350,12 +356,9 @@ def holds_file_weights(model: nn.Module) -> bool:
             module = model.get_submodule(name)
         except AttributeError:
             return False
-        w = (module.conv if hasattr(module, "conv") else module).weight.detach()
+        w = (module.conv if hasattr(module, "conv") else module).weight
         scale = torch.tensor(a.weight_scale, dtype=torch.float64)
-        if scale.numel() not in (1, w.shape[0]):
-            return False
-        scale = scale.view(-1, *([1] * (w.dim() - 1)))
-        if not torch.equal((torch.round(w.double() / scale) * scale).float(), w.float()):
+        if scale.numel() not in (1, w.shape[0]) or _grid_steps(w, scale.view(-1, *([1] * (w.dim() - 1)))) is None:
             return False
     return True
 
