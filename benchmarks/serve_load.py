@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -66,6 +67,10 @@ def request_bytes(path: str, body: bytes, headers: dict[str, str]) -> bytes:
 
 
 async def load(port: int, head: bytes, body: bytes, clients: int, requests: int, time_limit: float) -> dict:
+    # this process holds torch and the ceiling's Predictor: a full collection of all that in the
+    # middle of a run would stall every client at once (the server does the same at start)
+    gc.collect()
+    gc.freeze()
     issued = 0
     latencies: list[float] = []
     statuses: dict[int, int] = {}

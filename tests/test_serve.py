@@ -254,6 +254,24 @@ def test_random_model_on_torch_and_embed(small):
         assert top[0]["label"].startswith("class")
 
 
+@pytest.mark.parametrize("value, status", [(np.nan, 400), (np.inf, 400), (-np.inf, 400), (3e38, 200)])
+def test_fp32_input_must_be_finite(small, value, status):
+    """NaN or Inf anywhere is a 400; huge finite values (their sum overflows) are still served."""
+    _, url, name = small
+    x = np.zeros((1, 3, 96, 96), np.float32)
+    x[0, 1, 50, 7] = value
+    if status == 200:
+        x[0, 2, :2, :2] = value  # 5 x 3e38 sums to Inf in float32
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()  # fmt: skip
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post(f"/v2/models/{name}/infer", content=header + x.tobytes(),
+                   headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert "NaN or Inf" in r.json()["error"]
+
+
 def test_concurrent_requests_are_batched_and_metrics(small):
     import concurrent.futures
 

@@ -195,7 +195,10 @@ class TorchPredictor(Predictor):
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            if x.flags.writeable:
+                t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            else:  # a read-only view (a request body): numpy makes the channels-last copy torch would
+                t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, 1, -1))).permute(0, 3, 1, 2)
             ys = self.module(t)
         return {n: y.contiguous().numpy() for n, y in zip(self.module.names, ys)}
 
