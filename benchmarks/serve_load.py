@@ -151,11 +151,11 @@ def ceiling(onnx: Path, seconds: float = 2.0, threads: int | None = None, caller
 
 
 def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, workers: int,
-                 threads: int | None = None) -> subprocess.Popen:
+                 threads: int | None = None, processes: int = 1) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mobilenets", "serve", "--weights", str(onnx), "--backend", "onnxruntime",
            "--host", HOST, "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
            "--workers", str(workers), "--body-timeout-s", "5", "--no-access-log",
-           *(["--threads", str(threads)] if threads else [])]  # fmt: skip
+           "--processes", str(processes), *(["--threads", str(threads)] if threads else [])]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120:
@@ -186,14 +186,29 @@ def stop_server(proc: subprocess.Popen) -> int:
         return -9
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (``serve --processes N``: the supervisor and its N processes)."""
+    out = [pid]
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory of the server: the sum over its processes of each one's peak."""
+    total = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+        for p in family(pid):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
     except OSError:
         return None
-    return None
+    return round(total / 1024, 1) if total else None
 
 
 def payloads(name: str, size: tuple[int, int, int]) -> dict[str, tuple[bytes, bytes]]:
@@ -224,15 +239,19 @@ def export_onnx(out: Path) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the server so far, all its processes together."""
+    total = 0
+    for p in family(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def median_run(runs: list[dict]) -> dict:
     """One row from repeated rounds: median throughput, latency percentiles over every request."""
     lat = np.concatenate([r.pop("_lat") for r in runs]) if runs else np.zeros(0)
     tp = [r["throughput"] for r in runs]
-    row = {k: runs[0][k] for k in ("mode", "max_batch", "payload", "clients")}
+    row = {k: runs[0][k] for k in ("mode", "max_batch", "processes", "payload", "clients")}
     row.update(rounds=len(runs), requests=sum(r["requests"] for r in runs), ok=sum(r["ok"] for r in runs),
                errors=sum(r["errors"] for r in runs), throughput=round(float(np.median(tp)), 1),
                throughput_rounds=tp, server_cpu_ms_per_request=round(float(np.median([r["cpu_ms"] for r in runs])), 3))
@@ -255,6 +274,10 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="threads per inference call (default: the server's)")
+    ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
+    ap.add_argument("--also-processes", type=int, default=2,
+                    help="also run both servers as this many processes of 1 engine thread each, in the same rounds "
+                    "(0: not)")  # fmt: skip
     ap.add_argument("--no-attack", action="store_true", help="skip the 2,000 hostile requests run")
     ap.add_argument("--out", default=str(HERE / "serve_load"), help="writes OUT.json and OUT.md")
     args = ap.parse_args()
@@ -269,40 +292,52 @@ def main() -> None:
 
     clients = [int(c) for c in args.clients.split(",")]
     kinds = args.payloads.split(",")
-    modes = {"batched": args.max_batch, "unbatched": 1}
+    # server name -> (max batch, processes, threads per inference call)
+    modes = {"batched": (args.max_batch, args.processes, args.threads), "unbatched": (1, args.processes, args.threads)}
+    if args.also_processes:
+        n = args.also_processes
+        modes.update({f"batched, {n} processes": (args.max_batch, n, 1), f"unbatched, {n} processes": (1, n, 1)})
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(Path(tmp) / "mobilenet_v1_0.25_224.onnx")
         info = read_artifact_info(onnx)
         result = {"machine": machine_id(), "python": platform.python_version(), "loadavg_start": os.getloadavg(),
                   "model": info.name, "weights": WEIGHTS.name, "backend": "onnxruntime",
                   "settings": {"requests": args.requests, "time_limit_s": args.time_limit, "rounds": args.rounds,
-                               "max_wait_ms": args.max_wait_ms, "workers": args.workers, "body_timeout_s": 5}}  # fmt: skip
+                               "max_wait_ms": args.max_wait_ms, "workers": args.workers, "threads": args.threads,
+                               "processes": args.processes, "also_processes": args.also_processes,
+                               "body_timeout_s": 5}}  # fmt: skip
         servers = {m: (free_port(), None) for m in modes}
         procs = {}
         try:
-            for m, mb in modes.items():
+            for m, (mb, nproc, threads) in modes.items():
                 port = servers[m][0]
-                procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers, args.threads)
+                procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers, threads, nproc)
             bodies = payloads(info.name, info.cfg.input_size)
             for m in modes:  # warm-up
                 for kind in kinds:
                     asyncio.run(load(servers[m][0], *bodies[kind], 4, 100, 10))
             ceilings, layouts, raw = [], [], {}
-            layout = args.workers > 1 or args.threads is not None  # not the Predictor's own default
+            # the layout besides the Predictor's own default that is also measured in-process:
+            # (processes, workers, threads); its calls at once, all processes together, call one Predictor
+            layout = None
+            if args.workers * args.processes > 1 or args.threads is not None:
+                layout = (args.processes, args.workers, args.threads)
+            elif args.also_processes:
+                layout = (args.also_processes, 1, 1)
             for rnd in range(args.rounds):
                 ceilings.append(ceiling(onnx, 1.0))  # servers idle meanwhile
                 print("ceiling", ceilings[-1], flush=True)
                 if layout:
-                    layouts.append(ceiling(onnx, 1.0, args.threads, args.workers))
+                    layouts.append(ceiling(onnx, 1.0, layout[2], layout[0] * layout[1]))
                     print("ceiling, server layout", layouts[-1], flush=True)
                 for kind in kinds:
                     for c in clients:
-                        for m, mb in modes.items():
+                        for m, (mb, nproc, _) in modes.items():
                             port, pid = servers[m][0], procs[m].pid
                             c0 = cpu_seconds(pid)
                             r = asyncio.run(load(port, *bodies[kind], c, args.requests, args.time_limit))
                             r["cpu_ms"] = (cpu_seconds(pid) - c0) / max(r["requests"], 1) * 1e3
-                            r.update(mode=m, max_batch=mb, payload=kind)
+                            r.update(mode=m, max_batch=mb, processes=nproc, payload=kind)
                             # this round's ceiling (the machine's speed drifts between rounds): best overall,
                             # and best at a batch this server can form (<= its max batch and its clients)
                             per_b = ceilings[-1]["per_batch"]
@@ -335,13 +370,13 @@ def main() -> None:
                                                   for b in ceilings[0]["cpu_ms_per_image"]}}  # fmt: skip
         if layouts:
             tops = [c["images_per_s"] for c in layouts]
-            result["ceiling_server_layout"] = {"workers": args.workers, "threads": args.threads,
+            result["ceiling_server_layout"] = {"processes": layout[0], "workers": layout[1], "threads": layout[2],
                                                "images_per_s": round(float(np.median(tops)), 1), "rounds": tops,
                                                "per_batch": layouts[int(np.argsort(tops)[len(tops) // 2])]["per_batch"]}  # fmt: skip
         result["runs"] = []
         for runs in raw.values():
             row = median_run(runs)
-            if layouts:
+            if layouts and row["processes"] == layout[0]:
                 row["of_layout_ceiling"] = round(row["throughput"] / result["ceiling_server_layout"]["images_per_s"], 3)
             # load-robust: the Predictor's own CPU per image (at this server's batch size) over the server's per request
             cpu_b = result["ceiling"]["cpu_ms_per_image"][min(row["max_batch"], 8)]
@@ -358,14 +393,17 @@ def write(result: dict, out: Path) -> None:
         return next((r for r in result["runs"] if (r["mode"], r["payload"], r["clients"]) == (mode, kind, c)), None)
 
     checks = []
-    b8, b16, u16 = run("batched", "binary", 8), run("batched", "binary", 16), run("unbatched", "binary", 16)
-    if b8:
-        checks.append(("8 clients, batched: >= 70% of the Predictor's best batch throughput, 0 errors",
-                       f"{b8['of_ceiling']:.0%}, {b8['errors']} errors", b8["of_ceiling"] >= 0.7 and b8["errors"] == 0))  # fmt: skip
-    if b16 and u16:
-        ratio = b16["throughput"] / max(u16["throughput"], 1e-9)
-        result["batching_speedup_16"] = round(ratio, 3)
-        checks.append(("16 clients: batched >= 1.5x unbatched", f"{ratio:.2f}x", ratio >= 1.5))
+    n = result["settings"].get("also_processes")
+    for suffix in ("", *([f", {n} processes"] if n else [])):
+        b8, b16, u16 = (run(f"batched{suffix}", "binary", 8), run(f"batched{suffix}", "binary", 16),
+                        run(f"unbatched{suffix}", "binary", 16))  # fmt: skip
+        if b8:
+            checks.append((f"8 clients, batched{suffix}: >= 70% of the Predictor's best batch throughput, 0 errors",
+                           f"{b8['of_ceiling']:.0%}, {b8['errors']} errors", b8["of_ceiling"] >= 0.7 and b8["errors"] == 0))  # fmt: skip
+        if b16 and u16:
+            ratio = b16["throughput"] / max(u16["throughput"], 1e-9)
+            result[f"batching_speedup_16{suffix.replace(', ', '_').replace(' ', '_')}"] = round(ratio, 3)
+            checks.append((f"16 clients{suffix}: batched >= 1.5x unbatched", f"{ratio:.2f}x", ratio >= 1.5))
     result["checks"] = [{"check": c, "measured": m, "pass": bool(p)} for c, m, p in checks]
     with atomic_write(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -384,8 +422,9 @@ def write(result: dict, out: Path) -> None:
          f"the load runs): **{ceil['images_per_s']:.0f} images/s** (rounds: {per_round}; per batch size in the "
          f"median round: {per_batch}; CPU ms per image: {cpu_per})."),
         "",
-        *([(f"Server layout: {lay['workers']} inference call(s) at once of {lay['threads'] or 'the engine default'} "
-           f"thread(s) each. The same layout in-process (that many threads calling one Predictor) reaches "
+        *([(f"Server layout: {lay.get('processes', 1)} process(es), each with {lay['workers']} inference call(s) at "
+           f"once of {lay['threads'] or 'the engine default'} thread(s). The same number of calls in-process (that "
+           "many threads calling one Predictor) reaches "
            f"**{lay['images_per_s']:.0f} images/s** (rounds: {', '.join(f'{v:.0f}' for v in lay['rounds'])}; per "
            f"batch size: {', '.join(f'{b}: {v:.0f}' for b, v in lay['per_batch'].items())}); the bar is against the "
            "Predictor's own ceiling above, and each row's share of this one is in the JSON (`of_layout_ceiling`)."), ""]

@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,15 +17,30 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 
+def serving_children(pid: int) -> list[int]:
+    """The processes ``pid`` started with multiprocessing's spawn (uvicorn's workers; not its resource tracker)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if b"spawn_main" in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 @pytest.mark.slow
-def test_sigterm_finishes_in_flight_requests_and_exits_0():
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_finishes_in_flight_requests_and_exits_0(processes):
+    """With ``--processes 2`` the signal goes to the supervisor, which stops both processes."""
     from mobilenets.runtime import read_artifact_info
     from tests.test_serve_attack import HOST, free_port, start_server
 
     weights = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
     name = read_artifact_info(weights).name
     port = free_port()
-    proc = start_server(weights, port, "--max-batch", "4")
+    proc = start_server(weights, port, "--max-batch", "4", "--processes", str(processes))
     images = [base64.b64encode(shared_path("images", f).read_bytes()).decode()
               for f in ("burger.jpg", "grace_hopper.bmp", "cat.bmp", "parrot.jpg")] * 2  # fmt: skip
     doc = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": images}],
@@ -46,11 +62,16 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0():
         for t in threads:
             t.start()
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 30:  # wait until all 12 are admitted (12 x 8 images: work for a while)
+        # wait until all 12 are admitted (12 x 8 images: work for a while); with 2 processes a
+        # scrape sees one of them, which has about half
+        admitted = 12 if processes == 1 else 5
+        while time.monotonic() - t0 < 30:
             metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
-            if float(next(ln.split()[1] for ln in metrics.splitlines() if ln.startswith("mobilenets_in_flight "))) >= 12:
+            if float(next(ln.split()[1] for ln in metrics.splitlines() if ln.startswith("mobilenets_in_flight "))) >= admitted:
                 break
             time.sleep(0.01)
+        workers = serving_children(proc.pid)
+        assert len(workers) == (0 if processes == 1 else processes), workers
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         for t in threads:
@@ -64,6 +85,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0():
     assert any(t > signalled for _, t in results), "no request was still in flight at SIGTERM"
     assert code == 0, (code, err[-2000:])
     assert "Traceback" not in err, err[-3000:]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a server process outlived the supervisor"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{HOST}:{port}/v2/health/live", timeout=5)
     json.dumps(results)
