@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 WEIGHTS = SHARED / "models" / "mobilenet_v1_0.25_224_1_default_1.tflite"
-HOST = "127.0.0.1"  # loopback only, by design
-
+sys.path.insert(0, str(HERE.parent))
+from tests.test_serve_attack import HOST, children, free_port, peak_rss_mb, ready  # HOST: loopback only, by design
 
 # --- a minimal HTTP/1.1 keep-alive client (httpx costs more CPU than the server per request) ---------
 
@@ -110,12 +109,6 @@ async def load(port: int, head: bytes, body: bytes, clients: int, requests: int,
 # --- the pieces -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def ceiling(onnx: Path, seconds: float = 2.0, threads: int | None = None, callers: int = 1) -> dict:
     """In-process images/s per batch size: ``callers`` threads calling ``run`` on one Predictor at once.
 
@@ -168,15 +161,6 @@ def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, work
     raise RuntimeError("server did not become ready")
 
 
-def ready(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=2) as s:
-            s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
 def stop_server(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -184,31 +168,6 @@ def stop_server(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return -9
-
-
-def family(pid: int) -> list[int]:
-    """``pid`` and its children (``serve --processes N``: the supervisor and its N processes)."""
-    out = [pid]
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-        except (OSError, ValueError):
-            pass
-    return out
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident memory of the server: the sum over its processes of each one's peak."""
-    total = 0
-    try:
-        for p in family(pid):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    except OSError:
-        return None
-    return round(total / 1024, 1) if total else None
 
 
 def payloads(name: str, size: tuple[int, int, int]) -> dict[str, tuple[bytes, bytes]]:
@@ -241,7 +200,7 @@ def export_onnx(out: Path) -> Path:
 def cpu_seconds(pid: int) -> float:
     """CPU time of the server so far, all its processes together."""
     total = 0
-    for p in family(pid):
+    for p in (pid, *children(pid)):
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
@@ -346,21 +305,20 @@ def main() -> None:
                             raw.setdefault((kind, c, m), []).append(r)
                             print(rnd, kind, c, m, r["throughput"], r["p99_ms"], r["errors"], flush=True)
             if not args.no_attack:  # tests/test_serve_attack.py's run, against the batched server
-                sys.path.insert(0, str(HERE.parent))
                 from tests.test_serve_attack import attack_images, run_attack
 
                 pid = procs["batched"].pid
-                rss0 = peak_rss_mb(pid)
+                rss0 = round(peak_rss_mb(pid), 1)
                 attack = asyncio.run(run_attack(servers["batched"][0], info.name, attack_images(), pid=pid))
                 attack.pop("by_kind")
-                attack.update(peak_rss_mb_before=rss0, peak_rss_mb_after=peak_rss_mb(pid),
+                attack.update(peak_rss_mb_before=rss0, peak_rss_mb_after=round(peak_rss_mb(pid), 1),
                               ready_after=ready(servers["batched"][0]))  # fmt: skip
                 result["attack"] = attack
                 print("attack", attack, flush=True)
         finally:
             result["servers"] = {}
             for m, proc in procs.items():
-                rss = peak_rss_mb(proc.pid)
+                rss = round(peak_rss_mb(proc.pid), 1)
                 result["servers"][m] = {"peak_rss_mb": rss, "exit_code": stop_server(proc)}
         best = [c["images_per_s"] for c in ceilings]
         result["ceiling"] = {"images_per_s": round(float(np.median(best)), 1), "rounds": best,

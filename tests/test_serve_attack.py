@@ -5,7 +5,8 @@ One bounded run on loopback (127.0.0.1): random bytes, truncated images, 50 MB b
 shapes, unknown models, a decompression bomb, slow clients that trickle their body; every
 20th request is a correct one and must succeed. The server is the real CLI in its own
 process, so its peak RSS (``VmHWM``) is its own. `run_attack` is also what
-``benchmarks/serve_load.py --attack`` reports.
+``benchmarks/serve_load.py`` reports (unless ``--no-attack``), and the benchmark starts and
+watches its servers with the process helpers here.
 """
 
 from __future__ import annotations
@@ -65,11 +66,26 @@ def ready(port: int) -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (``serve --processes N``: the supervisor's)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of a server: the sum of each of its processes' peaks."""
+    kb = 0
+    for p in (pid, *children(pid)):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                kb += int(line.split()[1])
+    return kb / 1024 if kb else float("nan")
 
 
 def rss_mb(pid: int) -> float:

@@ -19,13 +19,14 @@ httpx = pytest.importorskip("httpx")
 
 def serving_children(pid: int) -> list[int]:
     """The processes ``pid`` started with multiprocessing's spawn (uvicorn's workers; not its resource tracker)."""
+    from tests.test_serve_attack import children
+
     out = []
-    for d in Path("/proc").iterdir():
+    for c in children(pid):
         try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                if b"spawn_main" in (d / "cmdline").read_bytes():
-                    out.append(int(d.name))
-        except (OSError, ValueError):
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes():
+                out.append(c)
+        except OSError:
             pass
     return out
 
