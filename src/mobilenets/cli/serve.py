@@ -9,9 +9,14 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..auto import CHOICES
 from ._common import crop_float, float_in, int_at_least, positive_float, resolution_int
+
+if TYPE_CHECKING:
+    from ..runtime import Predictor
+    from ..serve.app import ServeConfig
 
 TASK_CHOICES = ("classify", "embed", "detect", "segment")
 
@@ -48,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 ENV_ARGS = "MOBILENETS_SERVE_ARGS"  # the parsed arguments, for the processes of --processes N
 
 
-def _serve_settings(args: argparse.Namespace):
+def _serve_settings(args: argparse.Namespace) -> tuple[Predictor, ServeConfig]:
     from ..serve.app import ServeConfig
     from ..tasks import check_task
     from .tasks import predictor_from_args
@@ -79,7 +84,7 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def app_from_environment():
+def app_from_environment() -> Any:
     """The app of one process of ``serve --processes N`` (a uvicorn factory; arguments in ``MOBILENETS_SERVE_ARGS``)."""
     from ..serve.app import create_app
 
