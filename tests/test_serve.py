@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -287,6 +288,31 @@ def test_concurrent_requests_are_batched_and_metrics(small):
     assert "mobilenets_request_seconds_bucket" in text and "mobilenets_queue_depth" in text
     count = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mobilenets_batch_size_count")))
     assert count < 48  # some requests shared a call
+
+
+def test_metrics_of_several_processes_add_up(tmp_path):
+    """`SharedMetrics`' sum: counters and histogram buckets add, gauges of live processes add."""
+    from mobilenets.serve.metrics import ServerMetrics, SharedMetrics
+
+    a, b = ServerMetrics(lambda: 2, lambda: 3, 8), ServerMetrics(lambda: 5, lambda: 1, 8)
+    a.requests.inc("/v1/classify", "POST", "200", amount=3)
+    b.requests.inc("/v1/classify", "POST", "200", amount=4)
+    b.requests.inc("/metrics", "GET", "200")
+    a.batch_size.observe(1)
+    b.batch_size.observe(8)
+    b.batch_size.observe(3)
+    text = a.render_sum([a.state(), b.state()])
+    assert 'mobilenets_requests_total{route="/v1/classify",method="POST",status="200"} 7' in text
+    assert 'mobilenets_requests_total{route="/metrics",method="GET",status="200"} 1' in text
+    assert 'mobilenets_batch_size_bucket{le="2"} 1' in text and 'mobilenets_batch_size_bucket{le="4"} 2' in text
+    assert "mobilenets_batch_size_count 3" in text and "mobilenets_batch_size_sum 12" in text
+    assert "mobilenets_queue_depth 7" in text and "mobilenets_in_flight 4" in text
+    # through the directory: another process's file counts; a dead one keeps its counters, not its gauges
+    dead = {**b.state(), "pid": 2**22 + 12345}
+    (tmp_path / "other.json").write_text(json.dumps(dead))
+    text = SharedMetrics(a, tmp_path).render()
+    assert 'mobilenets_requests_total{route="/v1/classify",method="POST",status="200"} 7' in text
+    assert "mobilenets_queue_depth 2" in text and (tmp_path / f"{os.getpid()}.json").is_file()
 
 
 def test_batcher_queue_is_bounded_and_drains():

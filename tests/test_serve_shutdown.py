@@ -1,4 +1,5 @@
-"""SIGTERM while requests are in flight: they all complete, then ``mobilenets serve`` exits 0, no traceback."""
+"""``mobilenets serve`` as processes: SIGTERM while requests are in flight (they all complete, exit 0,
+no traceback), and ``--processes 2`` answering ``/metrics`` for both processes."""
 
 from __future__ import annotations
 
@@ -90,3 +91,53 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(processes):
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{HOST}:{port}/v2/health/live", timeout=5)
     json.dumps(results)
+
+
+def classify_count(metrics: str) -> float:
+    line = 'mobilenets_requests_total{route="/v1/classify",method="POST",status="200"}'
+    return sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(line))
+
+
+@pytest.mark.slow
+def test_processes_share_one_metrics_view():
+    """Every scrape, whichever process answers it, counts the requests of both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_serve_attack import HOST, free_port, start_server
+
+    weights = shared_path("models", "mobilenet_v1_0.25_224_1_default_1.tflite")
+    port = free_port()
+    proc = start_server(weights, port, "--processes", "2")
+    try:
+        workers = serving_children(proc.pid)
+        env = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+        settings = json.loads(next(e for e in env if e.startswith(b"MOBILENETS_SERVE_ARGS=")).split(b"=", 1)[1])
+        shared = Path(settings["metrics_dir"])
+        t0 = time.monotonic()
+        while len(list(shared.glob("*.json"))) < 2 and time.monotonic() - t0 < 60:  # both started
+            time.sleep(0.1)
+        image = shared_path("images", "burger.jpg").read_bytes()
+
+        def post(_: int) -> int:  # a new connection each: the processes take turns accepting
+            return httpx.post(f"http://{HOST}:{port}/v1/classify", content=image, timeout=60).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(post, range(40))) == [200] * 40
+        time.sleep(1.5)  # each process writes its numbers every second
+        scrapes = [classify_count(httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text) for _ in range(6)]
+        per_process = [classify_count(proc_metrics(f)) for f in sorted(shared.glob("*.json"))]
+        assert len(per_process) == 2 and min(per_process) > 0 and sum(per_process) == 40, per_process
+        assert scrapes == [40] * 6, scrapes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not shared.exists(), "the metrics directory outlived the server"
+
+
+def proc_metrics(path: Path) -> str:
+    """One process's numbers (its file in the shared directory) in the exposition format."""
+    from mobilenets.serve.metrics import ServerMetrics
+
+    return ServerMetrics(lambda: 0, lambda: 0, 8).render_sum([json.loads(path.read_text())])

@@ -7,8 +7,10 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 from ..auto import CHOICES
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float_in(0.0, 10_000.0, "max wait (ms)", low_open=False), default=5.0, help="how long a request waits for a batch to fill")
     p.add_argument("--workers", type=int_at_least(1), default=1, help="inference calls running at once (threads)")
     p.add_argument("--processes", type=int_at_least(1), default=1,
-                   help="server processes sharing the port, each with its own model, batcher and metrics (more "
+                   help="server processes sharing the port, each with its own model and batcher; /metrics sums them (more "
                    "than 1 pays when the HTTP side costs as much CPU as a small model; then --threads 1)")  # fmt: skip
     p.add_argument("--queue-size", type=int_at_least(1), default=64,
                    help="inference requests admitted at once; more get 503 + Retry-After")  # fmt: skip
@@ -63,7 +65,8 @@ def _serve_settings(args: argparse.Namespace) -> tuple[Predictor, ServeConfig]:
     check_task(predictor, task)
     config = ServeConfig(model_name=args.name, task=task, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          queue_size=args.queue_size, workers=args.workers,
-                         max_body=int(args.max_body_mb * 1024 * 1024), body_timeout_s=args.body_timeout_s)  # fmt: skip
+                         max_body=int(args.max_body_mb * 1024 * 1024), body_timeout_s=args.body_timeout_s,
+                         metrics_dir=getattr(args, "metrics_dir", None))  # fmt: skip
     return predictor, config
 
 
@@ -142,21 +145,26 @@ def _serve_processes(args: argparse.Namespace, banner: str) -> int:
     """``--processes N``: uvicorn's supervisor binds the port once and runs N processes on it.
 
     Each process builds its own predictor from the same arguments (the one built here only
-    checked them). SIGTERM or SIGINT to this process stops the processes, each finishing
-    its in-flight requests, and then this one exits 0.
+    checked them) and shares its metrics through a temporary directory, so that a scrape of
+    ``/metrics`` counts every process. SIGTERM or SIGINT to this process stops the processes,
+    each finishing its in-flight requests, and then this one exits 0.
     """
     from uvicorn.supervisors import Multiprocess
 
     from ..serve.app import uvicorn_config
 
+    metrics_dir = tempfile.mkdtemp(prefix="mobilenets-metrics-")  # /metrics of any process sums them all
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    os.environ[ENV_ARGS] = json.dumps(settings, default=str)
+    os.environ[ENV_ARGS] = json.dumps({**settings, "metrics_dir": metrics_dir}, default=str)
     config = uvicorn_config(f"{__name__}:app_from_environment", args.host, args.port, factory=True,
                             workers=args.processes)  # fmt: skip
-    sock = config.bind_socket()
-    print(banner, file=sys.stderr)
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        sock = config.bind_socket()
+        print(banner, file=sys.stderr)
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            sock.close()
     finally:
-        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -47,7 +47,7 @@ from ..errors import ImageError, MobilenetsError
 from .batching import BatchedPredictor, MicroBatcher, QueueFull, Stopped
 from .handlers import TaskHandler, task_handlers
 from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, SharedMetrics
 from .protocol import HEADER, InferRequest, ProtocolError, encode_infer_response, oip_datatype, parse_infer_request
 
 access_log = logging.getLogger("mobilenets.serve.access")
@@ -75,6 +75,8 @@ class ServeConfig:
         body_timeout_s: the whole body must arrive within this (408 after).
         max_pixels: decoded image size limit (a small file can be a huge image).
         max_images: images (or rows) in one request at most.
+        metrics_dir: a directory shared with the other processes serving the same port
+            (``serve --processes N``): ``/metrics`` then answers the sum over all of them.
     """
 
     model_name: str | None = None
@@ -87,6 +89,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0
     max_pixels: int = 40_000_000
     max_images: int = 64
+    metrics_dir: str | None = None
 
 
 class HTTPError(Exception):
@@ -108,6 +111,8 @@ class ModelServer:
         self.task = config.task or predictor.task
         self.handlers: dict[str, TaskHandler] = task_handlers()
         self.metrics = ServerMetrics(lambda: self.batcher.depth, lambda: self.in_flight, config.max_batch)
+        self.shared = SharedMetrics(self.metrics, config.metrics_dir) if config.metrics_dir else None
+        self._writer: asyncio.Task | None = None
         self.batcher = MicroBatcher(predictor.run, config.max_batch, config.max_wait_ms, config.queue_size,
                                     config.workers, self._on_batch, self._expected)  # fmt: skip
         self.batched = BatchedPredictor(predictor, self.batcher)
@@ -131,12 +136,26 @@ class ModelServer:
     async def start(self) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(self.config.queue_size + 2, thread_name_prefix="mobilenets-pre")
         await self.batcher.start()
+        if self.shared is not None:
+            self._writer = asyncio.create_task(self._write_metrics(), name="mobilenets-metrics")
+
+    async def _write_metrics(self) -> None:
+        assert self.shared is not None
+        while True:
+            self.shared.write()
+            await asyncio.sleep(1.0)
+
+    def metrics_text(self) -> str:
+        return self.shared.render() if self.shared is not None else self.metrics.render()
 
     async def stop(self) -> None:
         self.draining = True
         await self.batcher.stop()
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.cancel()
+            self.shared.write()  # the final counts stay in the other processes' sums
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -569,7 +588,7 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(server.metrics.render(), media_type=METRICS_TYPE)
+        return Response(server.metrics_text(), media_type=METRICS_TYPE)
 
     static = resources.files("mobilenets.serve") / "static"
 

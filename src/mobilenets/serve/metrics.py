@@ -1,14 +1,19 @@
 """Prometheus metrics in the text exposition format (0.0.4), without a client library.
 
 Counters, gauges and histograms with labels, one `Registry` per app (no process globals,
-so several servers in one process, as in tests, keep their own numbers).
+so several servers in one process, as in tests, keep their own numbers). Processes serving
+one port (``serve --processes N``) share a directory through `SharedMetrics`: each writes
+its numbers there, and a scrape of any of them answers the sum over all.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -147,3 +152,80 @@ class ServerMetrics:
 
     def render(self) -> str:
         return self.registry.render()
+
+    def state(self) -> dict:
+        """This process's numbers as plain data (JSON-able): counters, histogram series, gauge values."""
+        out: dict = {"pid": os.getpid(), "counters": {}, "histograms": {}, "gauges": {}}
+        for m in self.registry.metrics:
+            if isinstance(m, Counter):
+                with m._lock:
+                    out["counters"][m.name] = [[list(k), v] for k, v in m._values.items()]
+            elif isinstance(m, Histogram):
+                with m._lock:
+                    out["histograms"][m.name] = [[list(k), list(v)] for k, v in m._series.items()]
+            elif isinstance(m, Gauge):
+                out["gauges"][m.name] = m._fn() if m._fn is not None else m._value
+        return out
+
+    def render_sum(self, states: Sequence[dict]) -> str:
+        """The exposition of ``states`` (from `state`) added up: same metrics, labels and buckets."""
+        registry = Registry()
+        for m in self.registry.metrics:
+            if isinstance(m, Counter):
+                total = registry.add(Counter(m.name, m.help, m.labelnames))
+                for st in states:
+                    for k, v in st["counters"].get(m.name, ()):
+                        total.inc(*k, amount=v)
+            elif isinstance(m, Histogram):
+                total = registry.add(Histogram(m.name, m.help, m.buckets, m.labelnames))
+                for st in states:
+                    for k, series in st["histograms"].get(m.name, ()):
+                        acc = total._series.setdefault(tuple(k), [0.0] * (len(m.buckets) + 2))
+                        if len(series) == len(acc):
+                            total._series[tuple(k)] = [a + b for a, b in zip(acc, series)]
+            elif isinstance(m, Gauge):
+                gauge = registry.add(Gauge(m.name, m.help))
+                gauge.set(sum(st["gauges"].get(m.name, 0.0) for st in states))
+        return registry.render()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SharedMetrics:
+    """One process's `ServerMetrics` in a directory shared by the processes serving one port.
+
+    `write` puts this process's numbers in ``<directory>/<pid>.json`` (atomically; the server
+    calls it every second and at shutdown); `render` writes them and answers the sum over
+    every file. A process that died keeps its counters and histograms in the sum, so totals
+    never go down (as in the Prometheus client's multiprocess mode); its gauges drop out.
+    """
+
+    def __init__(self, metrics: ServerMetrics, directory: str | os.PathLike) -> None:
+        self.metrics, self.directory = metrics, Path(directory)
+        self.path = self.directory / f"{os.getpid()}.json"
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.metrics.state()))
+        os.replace(tmp, self.path)
+
+    def render(self) -> str:
+        self.write()
+        states = []
+        for f in sorted(self.directory.glob("*.json")):
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue  # removed or being replaced this instant: the next scrape has it
+            if not _alive(int(st.get("pid", 0))):
+                st["gauges"] = {}
+            states.append(st)
+        return self.metrics.render_sum(states)
