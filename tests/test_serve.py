@@ -313,6 +313,9 @@ def test_metrics_of_several_processes_add_up(tmp_path):
     text = SharedMetrics(a, tmp_path).render()
     assert 'mobilenets_requests_total{route="/v1/classify",method="POST",status="200"} 7' in text
     assert "mobilenets_queue_depth 2" in text and (tmp_path / f"{os.getpid()}.json").is_file()
+    shared = tmp_path / "gone"
+    sm = SharedMetrics(a, shared)
+    assert "mobilenets_queue_depth 2" in sm.render()  # its directory removed under it: made again
 
 
 def test_batcher_queue_is_bounded_and_drains():

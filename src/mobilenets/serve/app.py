@@ -142,7 +142,10 @@ class ModelServer:
     async def _write_metrics(self) -> None:
         assert self.shared is not None
         while True:
-            self.shared.write()
+            try:
+                self.shared.write()
+            except OSError as e:  # a full disk must not stop the server; the next second tries again
+                error_log.warning("cannot write the shared metrics: %s", e)
             await asyncio.sleep(1.0)
 
     def metrics_text(self) -> str:

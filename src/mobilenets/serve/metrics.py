@@ -214,7 +214,12 @@ class SharedMetrics:
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.metrics.state()))
+        data = json.dumps(self.metrics.state())
+        try:
+            tmp.write_text(data)
+        except FileNotFoundError:  # the directory was removed under us (a /tmp cleaner): make it again
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(data)
         os.replace(tmp, self.path)
 
     def render(self) -> str:
