@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -147,11 +148,6 @@ def _recipe(c: dict) -> str:
             f"{c['resolution']}x{c['resolution']}; evaluated with {nms}, {c['max_detections']} boxes per image")  # fmt: skip
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
-
-
 def _markdown(r: dict, path: Path) -> None:
     f, c = r["final_val"], r["config"]
     secs = [e["epoch_seconds"] for e in r["epochs"]]
@@ -177,7 +173,7 @@ def _markdown(r: dict, path: Path) -> None:
         *(f"| AP@[.5:.95] {k} | {v:.3f} |" for k, v in f["per_class"].items()),
         f"| loss first step -> mean of last 10 | {r['loss_first']:.3f} -> {r['loss_last10_mean']:.3f} |",
         f"| training wall time (incl. val every {c['eval_every']} epochs) | {r['train_wall_seconds']:.0f} s |",
-        f"| epoch time: median / slowest | {_median(secs):.1f} s / {max(secs):.1f} s |",
+        f"| epoch time: median / slowest | {statistics.median(secs):.1f} s / {max(secs):.1f} s |",
         "",
         "![loss](train_detect.png)",
         "",

@@ -288,10 +288,11 @@ def file_weight_ranges(model: nn.Module) -> dict[str, np.ndarray] | None:
     arith = getattr(info, "meta", {}).get("conv_arithmetic") if info is not None else None
     if not arith:
         return None
+    from ..weights.ssd_tflite import conv_of
+
     out = {}
     for name, a in arith.items():
-        module = model.get_submodule(name)
-        w = (module.conv if hasattr(module, "conv") else module).weight.detach().double()
+        w = conv_of(model.get_submodule(name)).weight.detach().double()
         scale = torch.tensor(a.weight_scale, dtype=torch.float64).view(-1, *([1] * (w.dim() - 1)))
         steps = torch.round(w / scale).abs().flatten(1).amax(1).clamp_min(127)
         out[name] = (steps * scale.flatten()).numpy()

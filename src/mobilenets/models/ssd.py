@@ -633,11 +633,14 @@ class SSDMobileNetV1(nn.Module):
         return torch.cat(boxes, dim=1), torch.cat(logits, dim=1)
 
     def _raw_with_anchors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        maps = self.forward_features(x)
+        return self.head_with_anchors(self.forward_features(x), tuple(x.shape[-2:]))
+
+    def head_with_anchors(self, maps: Sequence[torch.Tensor], image_size: tuple[int, int],
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``(box_encodings, class_logits, anchors)`` of the feature maps of an ``image_size`` input."""
         box, logits = self.head(maps)
         grid = [tuple(m.shape[-2:]) for m in maps]
-        anchors = self.anchors(grid, tuple(x.shape[-2:]), box.dtype, box.device)
-        return box, logits, anchors
+        return box, logits, self.anchors(grid, image_size, box.dtype, box.device)
 
     def raw(self, x: torch.Tensor, logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(box_encodings [N, A, 4], class_scores [N, A, C])``: the inputs of the post-process op.

@@ -479,9 +479,7 @@ class SSDAfterFrozenLayers(nn.Module):
             x = layer(x)
             found[name] = x
         maps = self.model.features_from_backbone([found[n] for n in self.model.backbone_endpoints])
-        box, logits = self.model.head(maps)
-        grid = [tuple(m.shape[-2:]) for m in maps]
-        anchors = self.model.anchors(grid, self.image_size, box.dtype, box.device)
+        box, logits, anchors = self.model.head_with_anchors(maps, self.image_size)
         return {"box_encodings": box, "class_logits": logits, "anchors": anchors}
 
 

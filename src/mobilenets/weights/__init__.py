@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -355,9 +355,9 @@ def check_fits(w: LoadedWeights, name: str, alpha: float | None = None, resoluti
 
 def describe(w: LoadedWeights) -> dict[str, Any]:
     """A JSON-able summary of loaded weights (no tensors)."""
-    d = asdict(w)
-    d.pop("state_dict")
-    d.pop("file_info")
+    # not asdict(w): that would deep-copy every tensor and the reader's parse only to drop them
+    d = {f.name: getattr(w, f.name) for f in fields(w) if f.name not in ("state_dict", "file_info")}
+    d["meta"] = dict(w.meta)
     d["labels"] = len(w.labels) if w.labels else None
     d["cfg"] = w.cfg.as_dict() if w.cfg else None
     if d["cfg"] and d["cfg"]["labels"]:

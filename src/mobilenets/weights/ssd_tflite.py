@@ -237,23 +237,21 @@ def read_ssd_tflite(path: str | Path) -> tuple[dict[str, torch.Tensor], SSDFileI
         sha256=hashlib.sha256(g.data).hexdigest(),
     )  # fmt: skip
     if quantized:
-        score_input: list = [None]
-        info.meta["activation_quant"] = _activation_quant(g, convs, module_of, score_input)
+        info.meta["activation_quant"], score_input = _activation_quant(g, convs, module_of)
         info.meta["conv_arithmetic"] = _conv_arithmetic(g, convs, module_of)
-        if score_input[0] is not None:
-            info.meta["score_input"] = score_input[0]
+        if score_input is not None:
+            info.meta["score_input"] = score_input
     return state, info
 
 
 def _activation_quant(g: TFLiteGraph, convs: list, module_of: dict[int, str],
-                      score_input: list | None = None) -> dict[str, list[tuple[float, int]]]:  # fmt: skip
-    """Per module of ours, the uint8 grids its output passes through in the file.
+                      ) -> tuple[dict[str, list[tuple[float, int]]], tuple[float, int] | None]:  # fmt: skip
+    """Per module of ours, the uint8 grids its output passes through in the file; and the LOGISTIC op's input grid.
 
     A conv's own output grid, then (predictors) the grid of the concatenation that gathers
-    all maps; ``score_converter`` gets the LOGISTIC op's output grid (its input grid goes
-    to ``score_input[0]``).
+    all maps; ``score_converter`` gets the LOGISTIC op's output grid.
     """
-    score_input = score_input if score_input is not None else [None]
+    score_input = None
     sg = g.sg
     consumers: dict[int, list[int]] = {}
     for i in range(sg.OperatorsLength()):
@@ -273,13 +271,18 @@ def _activation_quant(g: TFLiteGraph, convs: list, module_of: dict[int, str],
                 t = sg.Operators(nxt).Outputs(0)
                 if kind == "LOGISTIC":
                     out["score_converter"] = [g.io_quantization(t)]
-                    score_input[0] = g.io_quantization(sg.Operators(nxt).Inputs(0))
+                    score_input = g.io_quantization(sg.Operators(nxt).Inputs(0))
                     break
                 q = g.io_quantization(t)
                 if q != grids[-1]:
                     grids.append(q)
         out[name] = [q for q in grids if q is not None]
-    return out
+    return out, score_input
+
+
+def conv_of(module: nn.Module) -> nn.Conv2d:
+    """The convolution of a layer of ours: a ConvBnAct's ``conv``, or the module itself (predictors)."""
+    return module.conv if hasattr(module, "conv") else module
 
 
 @dataclass(frozen=True)
@@ -356,7 +359,7 @@ def holds_file_weights(model: nn.Module) -> bool:
             module = model.get_submodule(name)
         except AttributeError:
             return False
-        w = (module.conv if hasattr(module, "conv") else module).weight
+        w = conv_of(module).weight
         scale = torch.tensor(a.weight_scale, dtype=torch.float64)
         if scale.numel() not in (1, w.shape[0]) or _grid_steps(w, scale.view(-1, *([1] * (w.dim() - 1)))) is None:
             return False
@@ -381,7 +384,7 @@ def _integer_conv_hook(module: nn.Module, arith: ConvArithmetic, grids: list[tup
     requantize with a 31-bit fixed-point multiplier instead: one step apart in ~0.1% of the
     first layer's values, compounding.)
     """
-    conv = module.conv if hasattr(module, "conv") else module
+    conv = conv_of(module)
     s_w = torch.tensor(arith.weight_scale, dtype=torch.float64)
     w = _on_grid(conv.weight, s_w.view(-1, 1, 1, 1), f"{type(module).__name__} weight")
     bias = conv.bias if conv.bias is not None else getattr(getattr(module, "bn", None), "bias", None)
