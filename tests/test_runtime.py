@@ -245,3 +245,17 @@ def test_predictor_run_names_every_output_on_every_backend(two_heads):
             assert np.abs(out[k] - ref[k]).max() < 1e-4, (p.backend, k)
         with pytest.raises(MobilenetsError, match="no classifier output"):
             p.probabilities(x)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "finite"),
+    [([0.0, -1.5, 2.0], np.float32, True), ([], np.float32, True),
+     ([3e38, 3e38, 3e38], np.float32, True), ([6e4, 6e4], np.float16, True),  # sums overflow, values are finite
+     ([1.0, np.nan], np.float32, False), ([np.inf, 1.0], np.float32, False), ([-np.inf, np.inf], np.float32, False),
+     ([3e38, 3e38, np.nan], np.float32, False), ([6e4, np.inf], np.float16, False)],
+)  # fmt: skip
+def test_all_finite(values, dtype, finite):
+    from mobilenets.utils import all_finite
+
+    assert all_finite(np.asarray(values, dtype)) is finite
+    assert all_finite(np.asarray(values, dtype).reshape(1, -1, 1)) is finite

@@ -1,4 +1,5 @@
-"""Small shared helpers: the cache folder, atomic writes, file digests, machine identity, quiet native code."""
+"""Small shared helpers: the cache folder, atomic writes, file digests, machine identity, quiet native code,
+a cheap finiteness test."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float array is finite, in one pass and without a temporary.
+
+    A finite sum proves it; only a sum that is not (NaN, Inf, or finite values overflowing
+    it) needs the element-wise check.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = x.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
 def cache_dir() -> Path:

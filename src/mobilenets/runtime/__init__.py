@@ -36,7 +36,7 @@ import torch
 from ..data.transforms import EvalTransform
 from ..errors import MobilenetsError
 from ..models.cfg import OutputSpec, PretrainedCfg
-from ..utils import x86_without_vnni
+from ..utils import all_finite, x86_without_vnni
 from .artifact import ArtifactError, ArtifactInfo, artifact_format, read_artifact_info
 
 BACKENDS = ("torch", "onnxruntime", "litert", "openvino")
@@ -123,7 +123,7 @@ class Predictor:
         if x.ndim != 4 or x.shape[1:] != (c, h, w) or x.shape[0] < 1:
             raise MobilenetsError(f"{self.name} takes N x {c} x {h} x {w} batches, got {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
+        if not all_finite(x):
             raise MobilenetsError(f"{self.name}: the input batch holds NaN or Inf")
         return x
 
@@ -136,7 +136,7 @@ class Predictor:
         result = self._run(self.check_batch(batch))
         out = {n: result[n] for n in wanted}
         for n, y in out.items():
-            if y.dtype.kind == "f" and not np.isfinite(y).all():
+            if y.dtype.kind == "f" and not all_finite(y):
                 raise MobilenetsError(f"{self.name}: output {n!r} is not finite (NaN/Inf): the weights are broken")
         return out
 
