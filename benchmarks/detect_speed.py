@@ -5,7 +5,7 @@
 Without ``--int8`` the imported model is exported first (int8, calibrated on coco8/images/train).
 All predictors of one thread count are timed interleaved on the same input (`auto.time_interleaved`),
 so the ratios share the machine's noise. Writes ``detect_speed.json`` and ``detect_speed.md`` beside
-this script, keyed by `utils.machine_id`.
+this script (``--out`` names another pair: one per machine), each headed by `utils.machine_id`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--int8", type=Path, help="our int8 .tflite (default: export one now)")
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=HERE / "detect_speed", help="writes OUT.json and OUT.md (one file per machine)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     ours = args.int8 or export_int8(Path(tmp.name) / "ssd_int8.tflite")
@@ -57,14 +58,14 @@ def main() -> None:
         rows[threads] = {"median_ms": ms, "ratio_ours_over_google": ms["ours int8 (litert)"] / ms["google uint8 (litert)"]}
         print(threads, rows[threads])
     result = {"machine": machine_id(), "runs": args.runs, "input": "1 x 300 x 300 (cats_and_dogs.jpg)", "threads": rows}
-    (HERE / "detect_speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# SSD-MobileNet-v1 latency ({machine_id()})", "",
              "| threads | ours int8 (ms) | Google uint8 (ms) | PyTorch float (ms) | ours / Google |", "|---|---|---|---|---|"]  # fmt: skip
     for t, r in rows.items():
         m = r["median_ms"]
         lines.append(f"| {t} | {m['ours int8 (litert)']:.2f} | {m['google uint8 (litert)']:.2f} | "
                      f"{m['torch float (ours)']:.2f} | {r['ratio_ours_over_google']:.3f} |")  # fmt: skip
-    (HERE / "detect_speed.md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -95,14 +96,14 @@ async def load(port: int, head: bytes, body: bytes, clients: int, requests: int,
         finally:
             writer.close()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(clients)))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     ok = statuses.get(200, 0)
     lat = np.asarray(latencies) * 1e3
     return {"clients": clients, "requests": len(latencies), "seconds": round(seconds, 3), "ok": ok, "_lat": lat,
             "errors": errors + sum(v for k, v in statuses.items() if k != 200), "statuses": statuses,
-            "throughput": round(ok / seconds, 1),
+            "throughput": round(ok / seconds, 1), "client_cpu_ms": cpu / max(len(latencies), 1) * 1e3,
             **{f"p{q}_ms": round(float(np.percentile(lat, q)), 2) if len(lat) else None for q in (50, 90, 99)}}  # fmt: skip
 
 
@@ -161,6 +162,24 @@ def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, work
     raise RuntimeError("server did not become ready")
 
 
+def start_floor(port: int) -> subprocess.Popen:
+    """uvicorn with `serve_floor.app` (no FastAPI, no model), as `mobilenets serve` runs it (uvloop, httptools)."""
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "serve_floor:app", "--host", HOST, "--port",
+           str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        if proc.poll() is not None:
+            raise RuntimeError(f"floor server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("floor server did not start")
+
+
 def stop_server(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -213,7 +232,8 @@ def median_run(runs: list[dict]) -> dict:
     row = {k: runs[0][k] for k in ("mode", "max_batch", "processes", "payload", "clients")}
     row.update(rounds=len(runs), requests=sum(r["requests"] for r in runs), ok=sum(r["ok"] for r in runs),
                errors=sum(r["errors"] for r in runs), throughput=round(float(np.median(tp)), 1),
-               throughput_rounds=tp, server_cpu_ms_per_request=round(float(np.median([r["cpu_ms"] for r in runs])), 3))
+               throughput_rounds=tp, server_cpu_ms_per_request=round(float(np.median([r["cpu_ms"] for r in runs])), 3),
+               client_cpu_ms_per_request=round(float(np.median([r["client_cpu_ms"] for r in runs])), 3))
     row.update({f"p{q}_ms": round(float(np.percentile(lat, q)), 2) if len(lat) else None for q in (50, 90, 99)})
     # ratios against the ceiling measured in the same round, then the median over the rounds
     row["of_ceiling_rounds"] = [round(r["throughput"] / r["ceiling_round"], 3) for r in runs]
@@ -238,6 +258,8 @@ def main() -> None:
                     help="also run both servers as this many processes of 1 engine thread each, in the same rounds "
                     "(0: not)")  # fmt: skip
     ap.add_argument("--no-attack", action="store_true", help="skip the 2,000 hostile requests run")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the HTTP floor (binary payload against a bare uvicorn app with no model)")
     ap.add_argument("--out", default=str(HERE / "serve_load"), help="writes OUT.json and OUT.md")
     args = ap.parse_args()
     try:
@@ -267,13 +289,17 @@ def main() -> None:
                                "body_timeout_s": 5}}  # fmt: skip
         servers = {m: (free_port(), None) for m in modes}
         procs = {}
+        floor = None if args.no_floor or "binary" not in kinds else "HTTP floor: bare uvicorn, no model"
         try:
+            if floor:
+                servers[floor] = (free_port(), None)
+                procs[floor] = start_floor(servers[floor][0])
             for m, (mb, nproc, threads) in modes.items():
                 port = servers[m][0]
                 procs[m] = start_server(onnx, port, mb, args.max_wait_ms, args.workers, threads, nproc)
             bodies = payloads(info.name, info.cfg.input_size)
-            for m in modes:  # warm-up
-                for kind in kinds:
+            for m in servers:  # warm-up
+                for kind in kinds if m != floor else ["binary"]:
                     asyncio.run(load(servers[m][0], *bodies[kind], 4, 100, 10))
             ceilings, layouts, raw = [], [], {}
             # the layout besides the Predictor's own default that is also measured in-process:
@@ -291,7 +317,7 @@ def main() -> None:
                     print("ceiling, server layout", layouts[-1], flush=True)
                 for kind in kinds:
                     for c in clients:
-                        for m, (mb, nproc, _) in modes.items():
+                        for m, (mb, nproc, _) in [*modes.items(), *([(floor, (1, 1, None))] if floor and kind == "binary" else [])]:
                             port, pid = servers[m][0], procs[m].pid
                             c0 = cpu_seconds(pid)
                             r = asyncio.run(load(port, *bodies[kind], c, args.requests, args.time_limit))
@@ -319,7 +345,9 @@ def main() -> None:
             result["servers"] = {}
             for m, proc in procs.items():
                 rss = round(peak_rss_mb(proc.pid), 1)
-                result["servers"][m] = {"peak_rss_mb": rss, "exit_code": stop_server(proc)}
+                code = stop_server(proc)  # uvicorn itself re-raises SIGTERM: the floor ends by the signal
+                if m != floor:
+                    result["servers"][m] = {"peak_rss_mb": rss, "exit_code": code}
         best = [c["images_per_s"] for c in ceilings]
         result["ceiling"] = {"images_per_s": round(float(np.median(best)), 1), "rounds": best,
                              "per_batch": ceilings[int(np.argsort(best)[len(best) // 2])]["per_batch"],
@@ -338,7 +366,7 @@ def main() -> None:
                 row["of_layout_ceiling"] = round(row["throughput"] / result["ceiling_server_layout"]["images_per_s"], 3)
             # load-robust: the Predictor's own CPU per image (at this server's batch size) over the server's per request
             cpu_b = result["ceiling"]["cpu_ms_per_image"][min(row["max_batch"], 8)]
-            row["cpu_efficiency"] = round(cpu_b / max(row["server_cpu_ms_per_request"], 1e-9), 3)
+            row["cpu_efficiency"] = None if row["mode"] == floor else round(cpu_b / max(row["server_cpu_ms_per_request"], 1e-9), 3)
             result["runs"].append(row)
         result["loadavg_end"] = os.getloadavg()
     write(result, Path(args.out))
@@ -387,13 +415,15 @@ def write(result: dict, out: Path) -> None:
            f"batch size: {', '.join(f'{b}: {v:.0f}' for b, v in lay['per_batch'].items())}); the bar is against the "
            "Predictor's own ceiling above, and each row's share of this one is in the JSON (`of_layout_ceiling`)."), ""]
           if (lay := result.get("ceiling_server_layout")) else []),
-        "| payload | server | clients | requests | ok/s | of ceiling | of best at a batch it can form | p50 ms | p90 ms | p99 ms | errors | server CPU ms/req | CPU efficiency |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| payload | server | clients | requests | ok/s | of ceiling | of best at a batch it can form | p50 ms | p90 ms | p99 ms | errors | server CPU ms/req | client CPU ms/req | CPU efficiency |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
-        lines.append(f"| {r['payload']} | {r['mode']} (max batch {r['max_batch']}) | {r['clients']} | {r['requests']} | "
+        server = r["mode"] if r["cpu_efficiency"] is None else f"{r['mode']} (max batch {r['max_batch']})"
+        lines.append(f"| {r['payload']} | {server} | {r['clients']} | {r['requests']} | "
                      f"{r['throughput']:.0f} | {r['of_ceiling']:.0%} | {r['of_attainable']:.0%} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
-                     f"{r['errors']} | {r['server_cpu_ms_per_request']} | {r['cpu_efficiency']:.0%} |")  # fmt: skip
+                     f"{r['errors']} | {r['server_cpu_ms_per_request']} | {r.get('client_cpu_ms_per_request', '')} | "
+                     f"{'' if r['cpu_efficiency'] is None else format(r['cpu_efficiency'], '.0%')} |")  # fmt: skip
     lines += ["", ("ok/s: median over the rounds; of ceiling: the median over the rounds of ok/s over that round's ceiling "
                    "(the machine's speed drifts from round to round); of best at a batch it can form: the same against "
                    "the round's best batch size no larger than the server's max batch and its clients (8 clients with "
@@ -401,7 +431,9 @@ def write(result: dict, out: Path) -> None:
                    "the server process's CPU time per request (median over the rounds); CPU efficiency: the in-process "
                    "Predictor's CPU ms per image (at batch 8 for the batched server, 1 for the unbatched) over the "
                    "server's CPU ms per request: how much of the server's CPU is the model, a figure that other load "
-                   "on the machine moves far less than throughput."), "",
+                   "on the machine moves far less than throughput; client CPU ms/req: the load generator's own; the HTTP "
+                   "floor: the same binary requests to a bare ASGI app on uvicorn (`serve_floor.py`: reads the body, "
+                   "answers a response of the real size, no FastAPI, no model), what HTTP alone costs here."), "",
               "| check | measured | pass |", "|---|---|---|"]
     lines += [f"| {c['check']} | {c['measured']} | {'yes' if c['pass'] else 'NO'} |" for c in result["checks"]]
     attack = result.get("attack")
