@@ -170,6 +170,40 @@ def test_keras_h5_of_something_else(tmp_path):
         read_weights(trunc)
 
 
+def test_keras_h5_damaged_name_attribute_costs_no_memory(tmp_path):
+    """One damaged variable-length string (``layer_names``) made HDF5 allocate ~4 GB before it failed.
+
+    Found by the long fuzz profile: 4 bytes of the first name's global-heap address set to
+    0x7fffffff. The names now come from the groups' links; the file still loads.
+    """
+    import subprocess
+
+    data = bytearray(keras_file(tmp_path, "keras2_weights.h5").read_bytes())
+    assert data[1390:1406].hex() == "000000000000350000000c0000003809", "the fixture changed: find the offset again"
+    data[1402:1406] = b"\xff\xff\xff\x7f"
+    path = tmp_path / "damaged.h5"
+    path.write_bytes(bytes(data))
+    code = ("import resource, sys\nfrom mobilenets.weights import read_weights\n"
+            "w = read_weights(sys.argv[1])\nprint(w.alpha, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    alpha, peak_kb = out.stdout.split()
+    assert float(alpha) == 0.25 and int(peak_kb) < 1_500_000, out.stdout  # the damaged read peaked at 4.2 GB
+
+
+def test_keras_h5_dataset_larger_than_the_file(tmp_path):
+    """A header can claim gigabytes for a dataset whose chunks were never written (HDF5 would fill them)."""
+    import h5py
+
+    path = keras_file(tmp_path, "keras2_weights.h5")
+    with h5py.File(path, "r+") as f:
+        del f["conv1/conv1/kernel:0"]
+        f["conv1/conv1"].create_dataset("kernel:0", shape=(3, 3, 3, 10**8), dtype="f4", chunks=(3, 3, 3, 1024))
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(WeightsError, match=r"unreadable Keras .h5 file .*claims 10800000000 bytes"):
+        read_weights(path)
+
+
 # --- release archives ---------------------------------------------------------------------
 
 

@@ -41,24 +41,49 @@ def _keras_name(scope: str) -> str:
     return f"conv_{'dw' if kind == 'depthwise' else 'pw'}_{i}"
 
 
-def _named_layers(root) -> dict[str, dict[str, np.ndarray]]:
-    """Keras 2 / Keras 3 legacy layout: ``{layer: {variable: value}}`` via the ``weight_names`` attributes."""
+def _array(ds, limit: int) -> np.ndarray:
+    """A numeric dataset's values, refused when its shape claims more than ``limit`` bytes.
+
+    A damaged header can give a tiny file a dataset of gigabytes (HDF5 fills the missing
+    chunks with zeros); real weights are at most the file's own size.
+    """
+    if not hasattr(ds, "dtype") or ds.dtype.kind not in "fiub":
+        raise ValueError(f"{ds.name} is not a numeric array")
+    claimed = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    if claimed > limit:
+        raise ValueError(f"dataset {ds.name} claims {claimed} bytes, more than the file holds")
+    return np.asarray(ds)
+
+
+def _named_layers(root, limit: int) -> dict[str, dict[str, np.ndarray]]:
+    """Keras 2 / Keras 3 legacy layout: ``{layer: {variable: value}}``, one group per layer.
+
+    Names come from the groups' links, not from the ``layer_names`` / ``weight_names``
+    attributes: those are variable-length strings, and HDF5 allocates whatever length a
+    damaged one claims (gigabytes) before it finds the damage.
+    """
     out = {}
-    for layer in root.attrs["layer_names"]:
-        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
-        group = root[layer]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
-        # 'conv1_bn/gamma:0' (Keras 2) or 'conv1_bn/gamma' (Keras 3); depthwise: 'depthwise_kernel' or 'kernel'
-        out[layer] = {n.rsplit("/", 1)[-1].split(":")[0].replace("depthwise_", ""): np.asarray(group[n]) for n in names}
+    for layer, group in root.items():
+        if not hasattr(group, "visititems"):
+            continue
+        found: dict[str, np.ndarray] = {}
+
+        def keep(name: str, obj, found: dict = found) -> None:
+            if hasattr(obj, "dtype"):
+                # 'conv1_bn/gamma:0' (Keras 2) or 'conv1_bn/gamma' (Keras 3); depthwise: 'depthwise_kernel' or 'kernel'
+                found[name.rsplit("/", 1)[-1].split(":")[0].replace("depthwise_", "")] = _array(obj, limit)
+
+        group.visititems(keep)
+        out[layer] = found
     return out
 
 
-def _native_layers(layers) -> dict[str, dict[str, np.ndarray]]:
+def _native_layers(layers, limit: int) -> dict[str, dict[str, np.ndarray]]:
     """Keras 3 ``.weights.h5``: recover the Keras names from class and creation order."""
 
     def by_class(cls: str) -> list[list[np.ndarray]]:
         found = [(int(m.group(1) or 0), name) for name in layers if (m := re.fullmatch(rf"{cls}(?:_(\d+))?", name))]
-        return [[np.asarray(v) for _, v in sorted(layers[n]["vars"].items(), key=lambda kv: int(kv[0]))]
+        return [[_array(v, limit) for _, v in sorted(layers[n]["vars"].items(), key=lambda kv: int(kv[0]))]
                 for _, n in sorted(found)]  # fmt: skip
 
     convs, dws, bns = by_class("conv2d"), by_class("depthwise_conv2d"), by_class("batch_normalization")
@@ -99,14 +124,15 @@ def read_keras_h5(path: str | Path) -> LoadedWeights:
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:
+        limit = path.stat().st_size
         with h5py.File(path, "r") as f:
             if "layers" in f and "vars" in f:
-                layers, resolution = _native_layers(f["layers"]), None
+                layers, resolution = _native_layers(f["layers"], limit), None
             else:
                 root = f.get("model_weights", f)
-                if "layer_names" not in root.attrs:
+                if "layer_names" not in root.attrs:  # its presence only: the value is not read
                     raise WeightsError(f"{path}: HDF5 file holds no Keras weights (no layer_names attribute)")
-                layers, resolution = _named_layers(root), _resolution(f.attrs)
+                layers, resolution = _named_layers(root, limit), _resolution(f.attrs)
     except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         # h5py reports damaged files with any of these, depending on which structure broke
         raise WeightsError(f"{path}: unreadable Keras .h5 file ({type(e).__name__}: {e})") from None
