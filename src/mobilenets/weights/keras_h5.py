@@ -6,7 +6,7 @@ Keras names the layers ``conv1``, ``conv1_bn``, ``conv_dw_<i>``, ``conv_dw_<i>_b
 
 - Keras 2 ``save_weights`` / ``save`` (the official ``mobilenet_<a>_<res>_tf.h5``): one
   group per layer at the root or under ``model_weights/``, variables ``<layer>/kernel:0``
-  listed in the group's ``weight_names`` attribute;
+  (the datasets in the layer's group);
 - Keras 3 ``model.save('x.h5')``: the same, without the ``:0`` suffixes;
 - Keras 3 ``save_weights('x.weights.h5')``: ``layers/<class>_<n>/vars/<k>``, layers named by
   class and creation order (``conv2d``, ``conv2d_1``, ...) and variables by position, read in
@@ -45,13 +45,14 @@ def _array(ds, limit: int) -> np.ndarray:
     """A numeric dataset's values, refused when its shape claims more than ``limit`` bytes.
 
     A damaged header can give a tiny file a dataset of gigabytes (HDF5 fills the missing
-    chunks with zeros); real weights are at most the file's own size.
+    chunks with zeros); real weights take at most the file's size, a few times that if a
+    tool compressed them.
     """
     if not hasattr(ds, "dtype") or ds.dtype.kind not in "fiub":
         raise ValueError(f"{ds.name} is not a numeric array")
     claimed = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
     if claimed > limit:
-        raise ValueError(f"dataset {ds.name} claims {claimed} bytes, more than the file holds")
+        raise ValueError(f"dataset {ds.name} claims {claimed} bytes, far more than the file can hold")
     return np.asarray(ds)
 
 
@@ -124,7 +125,7 @@ def read_keras_h5(path: str | Path) -> LoadedWeights:
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:
-        limit = path.stat().st_size
+        limit = 4 * path.stat().st_size + (1 << 20)  # bytes one dataset may claim
         with h5py.File(path, "r") as f:
             if "layers" in f and "vars" in f:
                 layers, resolution = _native_layers(f["layers"], limit), None
