@@ -204,6 +204,30 @@ def test_keras_h5_dataset_larger_than_the_file(tmp_path):
         read_weights(path)
 
 
+def test_keras_h5_compressed_repack_loads(tmp_path):
+    """A repack with every dataset gzip-compressed (as h5repack makes) gives the same tensors."""
+    import h5py
+
+    src = keras_file(tmp_path, "keras2_weights.h5")
+    packed = tmp_path / "packed.h5"
+    with h5py.File(src, "r") as a, h5py.File(packed, "w") as b:
+        for k, v in a.attrs.items():
+            b.attrs[k] = v
+
+        def copy(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                b.create_dataset(name, data=obj[()], compression="gzip", compression_opts=9)
+            else:
+                b.require_group(name)
+            for k, v in obj.attrs.items():
+                b[name].attrs[k] = v
+
+        a.visititems(copy)
+    want, got = read_weights(src), read_weights(packed)
+    assert got.state_dict.keys() == want.state_dict.keys()
+    assert all(torch.equal(got.state_dict[k], want.state_dict[k]) for k in want.state_dict)
+
+
 # --- release archives ---------------------------------------------------------------------
 
 
