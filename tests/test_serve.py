@@ -445,3 +445,56 @@ def test_v1_detect_equals_the_detect_command(capsys):
         assert r.status_code == 200, r.text
         assert r.json()["detections"] == want
         assert c.post("/v1/classify", content=image.read_bytes()).status_code == 400
+
+
+def test_body_timeout_is_408_even_when_the_timer_runs_early(monkeypatch, tmp_path):
+    """The loop's clock may fire the body timer before ``deadline`` by ``perf_counter``: still a 408.
+
+    Frozen ``perf_counter`` makes that certain; the timeout used to escape as a bare
+    cancellation (a 500 and a traceback in the log), seen once in the attack run.
+    """
+    import asyncio
+    import time as real_time
+    from types import SimpleNamespace
+
+    import mobilenets.serve.app as app_module
+    from mobilenets.auto import load_predictor
+    from mobilenets.weights import save_weights
+
+    weights = tmp_path / "m.safetensors"
+    save_weights(random_model(), weights)
+    app = create_app(load_predictor(weights=weights, backend="torch"), ServeConfig(body_timeout_s=0.2))
+    frozen = SimpleNamespace(**{n: getattr(real_time, n) for n in dir(real_time) if not n.startswith("_")})
+    frozen.perf_counter = lambda: 1000.0
+    monkeypatch.setattr(app_module, "time", frozen)
+    sent: list[dict] = []
+
+    async def receive() -> dict:  # a client that sent its headers and then nothing
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"image/jpeg"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8080)}  # fmt: skip
+
+    async def run() -> None:
+        inbox: asyncio.Queue = asyncio.Queue()
+        outbox: asyncio.Queue = asyncio.Queue()
+        life = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put))
+        await inbox.put({"type": "lifespan.startup"})
+        assert (await asyncio.wait_for(outbox.get(), 30))["type"] == "lifespan.startup.complete"
+        try:
+            await asyncio.wait_for(app(scope, receive, send), 10)
+        finally:
+            await inbox.put({"type": "lifespan.shutdown"})
+            await asyncio.wait_for(life, 30)
+
+    asyncio.run(run())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408, (start, body)
+    assert "did not arrive within 0.2 s" in json.loads(body)["error"]

@@ -183,8 +183,10 @@ def test_keras_h5_damaged_name_attribute_costs_no_memory(tmp_path):
     data[1402:1406] = b"\xff\xff\xff\x7f"
     path = tmp_path / "damaged.h5"
     path.write_bytes(bytes(data))
-    code = ("import resource, sys\nfrom mobilenets.weights import read_weights\n"
-            "w = read_weights(sys.argv[1])\nprint(w.alpha, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # fmt: skip
+    # VmHWM: this process's own peak (ru_maxrss would include the RSS of the pytest process it forked from)
+    code = ("import re, sys\nfrom pathlib import Path\nfrom mobilenets.weights import read_weights\n"
+            "w = read_weights(sys.argv[1])\n"
+            "print(w.alpha, re.search(r'VmHWM:\\s*(\\d+)', Path('/proc/self/status').read_text()).group(1))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     alpha, peak_kb = out.stdout.split()

@@ -335,12 +335,23 @@ class Guard:
                 return await receive()
             task = asyncio.current_task()
             left = deadline - time.perf_counter()
-            # one timer per wait instead of asyncio.wait_for (which makes a task per chunk)
-            timer = asyncio.get_running_loop().call_later(max(0.0, left), task.cancel) if task else None
+            expired = False
+
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            # one timer per wait instead of asyncio.wait_for (which makes a task per chunk). Whether
+            # it fired is what says timeout: the loop's clock may run the timer a little before
+            # ``deadline`` by perf_counter, and a cancellation that is ours must not escape as one.
+            timer = asyncio.get_running_loop().call_later(max(0.0, left), expire) if task else None
             try:
                 message = await receive()
             except asyncio.CancelledError:
-                if timer is not None and time.perf_counter() >= deadline:
+                if expired:
+                    if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations: this one is consumed here
+                        task.uncancel()
                     raise BodyTimeout(f"the request body did not arrive within {cfg.body_timeout_s:g} s") from None
                 raise
             finally:
