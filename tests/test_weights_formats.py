@@ -206,6 +206,19 @@ def test_keras_h5_dataset_larger_than_the_file(tmp_path):
         read_weights(path)
 
 
+def test_keras_h5_follows_no_external_link(tmp_path):
+    """A link to another file is not followed: what that file holds (here a dataset too big to read) plays no part."""
+    import h5py
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_group("g").create_dataset("kernel:0", shape=(10**8,), dtype="f4", chunks=(1024,))
+    path = keras_file(tmp_path, "keras2_weights.h5")
+    with h5py.File(path, "r+") as f:
+        f["elsewhere"] = h5py.ExternalLink(str(other), "/g")
+    assert read_weights(path).alpha == 0.25
+
+
 def test_keras_h5_compressed_repack_loads(tmp_path):
     """A repack with every dataset gzip-compressed (as h5repack makes) gives the same tensors."""
     import h5py

@@ -61,11 +61,18 @@ def _named_layers(root, limit: int) -> dict[str, dict[str, np.ndarray]]:
 
     Names come from the groups' links, not from the ``layer_names`` / ``weight_names``
     attributes: those are variable-length strings, and HDF5 allocates whatever length a
-    damaged one claims (gigabytes) before it finds the damage.
+    damaged one claims (gigabytes) before it finds the damage. Only hard links are followed
+    (`visititems` follows no others).
     """
+    import h5py
+
     out = {}
-    for layer, group in root.items():
-        if not hasattr(group, "visititems"):
+    for layer in root:
+        # hard links only: a soft or external link in a downloaded file could point anywhere
+        if not isinstance(root.get(layer, getlink=True), h5py.HardLink):
+            continue
+        group = root[layer]
+        if not isinstance(group, h5py.Group):
             continue
         found: dict[str, np.ndarray] = {}
 
