@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,34 +151,36 @@ def start_server(onnx: Path, port: int, max_batch: int, max_wait_ms: float, work
            "--host", HOST, "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
            "--workers", str(workers), "--body-timeout-s", "5", "--no-access-log",
            "--processes", str(processes), *(["--threads", str(threads)] if threads else [])]  # fmt: skip
+    return launch(cmd, lambda: ready(port), "server", 120)
+
+
+def launch(cmd: list[str], up: Callable[[], bool], what: str, limit_s: float) -> subprocess.Popen:
+    """Start ``cmd`` and wait until ``up()``; a process that exits or never comes up is an error."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 120:
+    while time.monotonic() - t0 < limit_s:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        if ready(port):
+            raise RuntimeError(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")
+        if up():
             return proc
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"{what} did not come up")
 
 
 def start_floor(port: int) -> subprocess.Popen:
     """uvicorn with `serve_floor.app` (no FastAPI, no model), as `mobilenets serve` runs it (uvloop, httptools)."""
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "serve_floor:app", "--host", HOST, "--port",
            str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 60:
-        if proc.poll() is not None:
-            raise RuntimeError(f"floor server exited: {proc.stderr.read().decode()[-2000:]}")
+
+    def listening() -> bool:
         try:
             socket.create_connection((HOST, port), timeout=1).close()
-            return proc
+            return True
         except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("floor server did not start")
+            return False
+
+    return launch(cmd, listening, "floor server", 60)
 
 
 def stop_server(proc: subprocess.Popen) -> int:
