@@ -41,6 +41,66 @@ def test_deploy_module_pads_only_where_tf_same_is_asymmetric():
     assert features.Conv2d_1_depthwise[0].padding == (1, 1)  # symmetric: kept inside the conv
 
 
+def test_weight_rounding_correction_keeps_each_channels_mean_output():
+    from mobilenets.quantize import correct_weight_rounding, int8_weight_scale
+
+    deploy = DeployModule(random_model(resolution=64), (3, 64, 64), channels_last=True).eval()
+    convs = {n: m for n, m in deploy.named_modules() if type(m) is torch.nn.Conv2d}
+    before = {n: (m.weight.detach().double().clone(), m.bias.detach().double().clone()) for n, m in convs.items()}
+    x = np.ascontiguousarray(synthetic_images((3, 64, 64), 6).transpose(0, 2, 3, 1), np.float32)
+    inputs = {}
+
+    def keep(mod, args, name):
+        inputs[name] = args[0].detach().double()
+
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: keep(mod, a, n)) for n, m in convs.items()]
+    with torch.no_grad():
+        deploy(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    # one layer's weights pinned to a grid they sit on exactly: nothing to correct there
+    pinned = "Conv2d_3_pointwise"
+    name = next(n for n in convs if n.endswith((pinned + ".0", pinned)))
+    w = convs[name].weight.data.double()
+    grid = int8_weight_scale(w)
+    convs[name].weight.data = (torch.round(w / grid) * grid).float()
+    before[name] = (convs[name].weight.detach().double().clone(), before[name][1])
+    changed = correct_weight_rounding(deploy, x, {pinned: grid.flatten().numpy() * 127})
+    assert 0 < changed < len(convs)
+    for n, conv in convs.items():
+        w, b = before[n]
+        assert torch.equal(conv.weight.detach().double(), w)  # the weights stay float: PT2E rounds them
+        s = int8_weight_scale(w)
+        q = torch.round(w / s).clamp(-127, 127) * s
+        x_in = inputs[n]
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        ref = torch.nn.functional.conv2d(x_in, w, b, *args).mean((0, 2, 3))
+        rounded = torch.nn.functional.conv2d(x_in, q, b, *args).mean((0, 2, 3))
+        fixed = torch.nn.functional.conv2d(x_in, q, conv.bias.detach().double(), *args).mean((0, 2, 3))
+        scale = ref.abs().max() + 1
+        assert (fixed - ref).abs().max() <= 1e-5 * scale, n
+        if n == name:
+            assert torch.equal(conv.bias.detach().double(), b)
+        elif (rounded - ref).abs().max() > 1e-4 * scale:
+            assert (fixed - ref).abs().max() < 0.1 * (rounded - ref).abs().max(), n
+
+
+def test_int8_weight_scale_is_the_pt2e_observers():
+    pytest.importorskip("litert_torch")
+    from litert_torch.quantize import pt2e_quantizer_utils as pqu
+
+    from mobilenets.quantize import int8_weight_scale, pt2e_quantizer
+
+    spec = pqu.get_weight_qspec(pt2e_quantizer().global_config)
+    w = torch.randn(16, 8, 3, 3) * torch.logspace(-5, 0, 16).view(-1, 1, 1, 1)  # down to the eps floor
+    observer = spec.observer_or_fake_quant_ctr(dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max,
+                                               qscheme=spec.qscheme, ch_axis=spec.ch_axis)  # fmt: skip (as prepare_pt2e makes it)
+    observer(w)
+    scale, zero = observer.calculate_qparams()
+    assert (spec.quant_min, spec.quant_max) == (-127, 127) and not zero.any()
+    assert torch.allclose(int8_weight_scale(w).flatten().float(), scale, rtol=1e-6, atol=0)
+
+
 def test_onnx_float_parity_metadata_and_clean_graph(tmp_path):
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the [onnx] extra")
     pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")

@@ -57,7 +57,7 @@ def test_parity_with_pytorch(exported):
     f, o, q = (res[k].parity for k in ("float", "onnx", "int8"))
     assert f.agreement["pixels"] >= 0.999 and f.max_abs_diff["logits"] < 1e-3  # measured 1.0, 1.7e-4
     assert o.agreement["pixels"] >= 0.999 and o.max_abs_diff["logits"] < 1e-3  # measured 1.0, 4.6e-5
-    assert q.agreement["pixels"] >= 0.97  # measured 0.991 (max |logit diff| ~4.8; logits reach ~40)
+    assert q.agreement["pixels"] >= 0.97  # measured 0.995 (max |logit diff| ~2.0; logits reach ~40)
     assert "pixels" in str(q)
 
 

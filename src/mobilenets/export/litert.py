@@ -70,11 +70,14 @@ def nhwc_output_names(model: torch.nn.Module) -> tuple[str, ...]:
 
 def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], calibration: np.ndarray | None = None,
                    ranges: dict[str, tuple[float, float]] | None = None,
-                   weight_ranges: dict[str, np.ndarray] | None = None) -> bytes:  # fmt: skip
+                   weight_ranges: dict[str, np.ndarray] | None = None,
+                   cover: dict[str, tuple[float | None, float | None]] | None = None,
+                   bias_correction: bool = True) -> bytes:  # fmt: skip
     """The ``.tflite`` flatbuffer of ``model`` (NHWC input): float, or int8 when ``calibration`` is given.
 
-    ``ranges``, ``weight_ranges``: fixed activation / weight ranges by module name, int8 only
-    (`quantize.pt2e_calibrate`).
+    ``ranges``, ``weight_ranges``, ``cover``, ``bias_correction``: fixed activation / weight
+    ranges, activation ranges to include (by module name) and the weight-rounding bias
+    correction, int8 only (`quantize.pt2e_calibrate`).
     """
     litert_torch = require_litert_torch()
     deploy = DeployModule(model, input_size, channels_last=True).eval()
@@ -92,7 +95,8 @@ def convert_tflite(model: torch.nn.Module, input_size: tuple[int, int, int], cal
             from ..quantize import pt2e_calibrate
 
             graph, quantizer = pt2e_calibrate(deploy, np.zeros((2, h, w, c), np.float32), calibration, ranges=ranges,
-                                              weight_ranges=weight_ranges)
+                                              weight_ranges=weight_ranges, cover=cover,
+                                              bias_correction=bias_correction)
             edge = litert_torch.convert(graph, (torch.from_numpy(example),), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         path = Path(tmp) / "model.tflite"
         edge.export(str(path))
@@ -233,8 +237,9 @@ def add_metadata(fb: Flatbuffer, name: str, payload: bytes) -> None:
     fb.model.metadata = [m for m in (fb.model.metadata or []) if m.name != md.name] + [md]
 
 
-def input_contract(fb: Flatbuffer, info: ArtifactInfo, calibration: np.ndarray | None, input_dtype: str) -> None:
-    """Fold the pads of a converted graph, then record its input in ``info`` (and make it uint8 if asked)."""
+def input_contract(fb: Flatbuffer, info: ArtifactInfo, calibration: np.ndarray | None, input_dtype: str,
+                   bias_correction: bool = False) -> None:  # fmt: skip
+    """Fold the pads of a converted graph, then record its input (and how it was quantized) in ``info``; uint8 if asked."""
     fold_same_padding(fb)
     sg = fb.sg
     tin = sg.tensors[sg.inputs[0]]
@@ -243,7 +248,7 @@ def input_contract(fb: Flatbuffer, info: ArtifactInfo, calibration: np.ndarray |
     if info.int8:
         from ..quantize import PT2E_SETTINGS
 
-        info.quantization = {**PT2E_SETTINGS, "calibration_images": len(calibration)}
+        info.quantization = {**PT2E_SETTINGS, "calibration_images": len(calibration), "bias_correction": bias_correction}
         if input_dtype not in ("int8", "uint8"):
             raise MobilenetsError(f"a full-integer .tflite takes int8 or uint8 input, not {input_dtype}")
         info.input_dtype = "int8"
@@ -254,10 +259,11 @@ def input_contract(fb: Flatbuffer, info: ArtifactInfo, calibration: np.ndarray |
 
 
 def export_tflite(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
-                  calibration: np.ndarray | None = None, input_dtype: str = "uint8") -> ArtifactInfo:  # fmt: skip
+                  calibration: np.ndarray | None = None, input_dtype: str = "uint8",
+                  bias_correction: bool = True) -> ArtifactInfo:  # fmt: skip
     """Write ``model`` as ``.tflite`` (int8 when ``calibration`` is given) with ``info`` inside; returns the final info."""
-    fb = Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration))
-    input_contract(fb, info, calibration, input_dtype)
+    fb = Flatbuffer(convert_tflite(model, info.cfg.input_size, calibration, bias_correction=bias_correction))
+    input_contract(fb, info, calibration, input_dtype, bias_correction)
     sg = fb.sg
     names = [sg.tensors[i].name.decode() for i in sg.outputs]
     if len(names) != len(info.outputs):
