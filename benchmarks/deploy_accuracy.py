@@ -5,7 +5,8 @@ Float: Google's ``mobilenet_v1_0.25_224_1_default_1.tflite`` weights, imported w
 (max |probability difference|, top-1 agreement, top-1 against the labels).
 Int8: the weights of ``mobilenet_v1_0.75_192_quant.tflite``, calibrated on
 ``hymenoptera/train`` (ants and bees: not ImageNet, not the evaluation images), exported
-as int8 .tflite (int8 and uint8 input) and int8 .onnx, evaluated on the 100 ImageNet images.
+as int8 .tflite (int8 and uint8 input; and without the weight-rounding bias correction) and
+int8 .onnx, evaluated on the 100 ImageNet images.
 
     python benchmarks/deploy_accuracy.py      # writes benchmarks/deploy_accuracy.{json,md}
 """
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 
 from mobilenets import EvalTransform
+from mobilenets.auto import load_predictor
 from mobilenets.data.datasets import open_dataset
 from mobilenets.export import export_model
 from mobilenets.quantize import calibration_images, load_batch
-from mobilenets.runtime import load_predictor
 from mobilenets.utils import atomic_write
 from mobilenets.weights import build_model, read_weights
 
@@ -65,14 +66,16 @@ def main() -> int:
         x, labels = evaluate(192)
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).softmax(1).numpy()
-        calib = calibration_images(SHARED / "hymenoptera" / "train", 192, size=200)
-        for fmt, backend, input_type in (("tflite", "litert", "int8"), ("tflite", "litert", "uint8"),
-                                         ("onnx", "onnxruntime", "int8")):  # fmt: skip
+        calib = calibration_images(SHARED / "hymenoptera" / "train", EvalTransform(192), size=200)
+        for fmt, backend, input_type, correct in (("tflite", "litert", "int8", True), ("tflite", "litert", "uint8", True),
+                                                  ("tflite", "litert", "int8", False),
+                                                  ("onnx", "onnxruntime", "int8", True)):  # fmt: skip
             t = time.perf_counter()
-            out = Path(tmp) / f"q_{input_type}.{fmt}"
-            export_model(model, fmt, out, calibration=calib, input_dtype=input_type)
+            out = Path(tmp) / f"q_{input_type}_{correct}.{fmt}"
+            export_model(model, fmt, out, calibration=calib, input_dtype=input_type, bias_correction=correct)
             probs = load_predictor(weights=out, backend=backend).probabilities(x)
             name = f"{fmt} int8" + (f", {input_type} input" if fmt == "tflite" else ", float input")
+            name += "" if correct or fmt != "tflite" else ", no bias correction"
             rows.append(row("0.75_192_quant, calibrated on hymenoptera/train (200 images)", name, probs, ref, labels,
                             time.perf_counter() - t))  # fmt: skip
             print(rows[-1], file=sys.stderr)

@@ -120,7 +120,7 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
                  calibration: np.ndarray | None = None, input_dtype: str = "uint8",
                  parity_images: np.ndarray | None = None, parity_source: str = "images",
                  crop_fraction: float | None = None, parity: bool = True,
-                 file_ranges: bool | None = None) -> ExportResult:  # fmt: skip
+                 file_ranges: bool | None = None, bias_correction: bool = True) -> ExportResult:  # fmt: skip
     """Export ``model`` to ``out``; int8 when ``calibration`` is given.
 
     Args:
@@ -136,6 +136,8 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
             (`export.ssd.file_activation_ranges`), instead of calibrated ranges. Default: on
             for an int8 .tflite of a model that still holds the file's weights
             (`weights.ssd_tflite.holds_file_weights`), off otherwise; False forces calibration.
+        bias_correction: int8 .tflite: take the mean error of the weight rounding out of each
+            conv's bias (`quantize.correct_weight_rounding`); not on an SSD's file grids.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -157,11 +159,11 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
     if file_ranges and not (is_detector(model) and fmt == "tflite"):
         raise ConfigError("file_ranges applies to an int8 .tflite of an SSD read from a quantized file")
     if is_detector(model):  # network + TFLite_Detection_PostProcess (.tflite), NMS in the graph (.onnx)
-        info = export_detector(model, fmt, out, info, calibration, input_dtype, file_ranges)
+        info = export_detector(model, fmt, out, info, calibration, input_dtype, file_ranges, bias_correction)
     elif fmt == "tflite":
         from .litert import export_tflite
 
-        info = export_tflite(model, out, info, calibration, input_dtype)
+        info = export_tflite(model, out, info, calibration, input_dtype, bias_correction)
     else:
         from .onnx import export_onnx
 
