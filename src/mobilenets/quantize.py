@@ -225,7 +225,8 @@ def correct_weight_rounding(module, calibration_nhwc: np.ndarray, weight_ranges:
     handles = [convs[n].register_forward_pre_hook(lambda c, a, n=n: hook(c, a, n)) for n in deltas]
     try:
         with torch.no_grad():
-            for i in range(0, len(calibration_nhwc), batch):
+            steps = range(0, len(calibration_nhwc), batch)
+            for i in tqdm(steps, desc="bias correction", unit="batch", leave=False, disable=None):
                 module(torch.from_numpy(np.ascontiguousarray(calibration_nhwc[i : i + batch], np.float32)))
     finally:
         for h in handles:
