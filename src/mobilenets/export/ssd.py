@@ -341,7 +341,8 @@ def export_detector_tflite(model: nn.Module, out: str | os.PathLike, info: Artif
     # Calibrated: class logits kept representable up to a score of 0.95, weight rounding
     # bias-corrected. On the file's grids the weights are the file's own (exact in all but
     # ~0.6% of channels) and the activations on the grids it was trained for; correcting the
-    # few rounded channels measured within noise there (94.3% vs 94.0% on 93 photos).
+    # few rounded channels measured within noise there (94.3% vs 94.0% of detections on 93
+    # photos, 32 vs 34 of 36 on coco8 val).
     cover = class_logit_cover(model) if calibration is not None and not file_ranges else None
     bias_correction = bias_correction and not file_ranges
     fb = Flatbuffer(convert_tflite(raw, info.cfg.input_size, calibration, ranges, weight_ranges, cover,
