@@ -144,6 +144,38 @@ def test_onnx_int8_is_per_channel_qdq(tmp_path):
     assert result.parity.images == 16 and result.parity.source == "calibration images"
 
 
+@pytest.mark.parametrize("bits", [8, 7])
+def test_onnx_int8_weights_are_rounded_as_the_bias_correction_assumes(tmp_path, monkeypatch, bits):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the [onnx] extra")
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the [onnx] extra")
+    from onnx import numpy_helper
+
+    from mobilenets import quantize
+    from mobilenets.quantize import ORT_FLOAT_LAYERS, int8_weight_scale
+
+    monkeypatch.setattr(quantize, "ort_weight_bits", lambda: bits)  # the width either CPU kind gets
+
+    model = random_model()
+    out = tmp_path / "q.onnx"
+    export_model(model, "onnx", out, calibration=synthetic_images((3, 96, 96), 8), bias_correction=False, parity=False)
+    graph = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = dict(DeployModule(model, (3, 96, 96)).state_dict())
+    levels = 127 if bits == 8 else 64
+    checked = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith("weight_quantized"):
+            continue
+        name = node.input[0].removesuffix("_quantized")
+        w = weights[name].double()
+        assert not any(f".{layer}." in name for layer in ORT_FLOAT_LAYERS)
+        s = int8_weight_scale(w, levels=levels, floor=float(np.finfo(np.float32).tiny))
+        assert np.allclose(inits[node.input[1]], s.flatten().numpy(), rtol=1e-6)
+        assert np.array_equal(inits[node.input[0]], torch.round(w / s).clamp(-levels, levels).numpy().astype(np.int8))
+        checked += 1
+    assert checked == 26
+
+
 def test_tflite_flatbuffer_rewrites():
     pytest.importorskip("ai_edge_litert", reason="needs LiteRT ([tflite] extra)")
     from mobilenets.export.litert import Flatbuffer, add_metadata

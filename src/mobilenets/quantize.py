@@ -15,7 +15,8 @@ What it takes for MobileNet v1 to keep its accuracy in int8:
   dequantized logits (it is 0.1% of the work and keeps the probabilities smooth).
 - **Bias correction of the weight rounding** (`correct_weight_rounding`): rounding a
   channel's weights shifts its mean output by ``E[conv(x, q(w) - w)]``; measured on the
-  calibration images and taken out of the bias, so the int8 layer is right on average.
+  calibration images and taken out of the bias, so the int8 layer is right on average
+  (for PT2E's rounding, and for ONNX Runtime's: `ort_correct_weight_rounding`).
 
 Calibration images are the user's (`calibration_images`), preprocessed with the model's
 own eval transform; never the evaluation set.
@@ -179,27 +180,34 @@ def _observed_module(node, names) -> str | None:
 PT2E_WEIGHT_EPS = 2.0**-12  # the smallest weight scale litert-torch's per-channel observer gives
 
 
-def int8_weight_scale(weight, max_abs=None):
-    """Per-output-channel scale of PT2E's symmetric int8 weights: ``max |w| / 127`` (or ``max_abs / 127``)."""
+def int8_weight_scale(weight, max_abs=None, levels: int = 127, floor: float = PT2E_WEIGHT_EPS):
+    """Per-output-channel scale of symmetric int8 weights: ``max |w| / levels`` (or ``max_abs / levels``), at least ``floor``.
+
+    PT2E (litert-torch) and ONNX Runtime's 8-bit weights: ``levels`` 127; ONNX Runtime's
+    7-bit (``reduce_range``) weights: 64.
+    """
     import torch
 
     if max_abs is None:
         max_abs = weight.detach().abs().flatten(1).amax(1)
-    scale = torch.as_tensor(np.asarray(max_abs), dtype=torch.float64) / 127
-    return scale.clamp_min(PT2E_WEIGHT_EPS).view(-1, *([1] * (weight.dim() - 1)))
+    scale = torch.as_tensor(np.asarray(max_abs), dtype=torch.float64) / levels
+    return scale.clamp_min(floor).view(-1, *([1] * (weight.dim() - 1)))
 
 
-def correct_weight_rounding(module, calibration_nhwc: np.ndarray, weight_ranges: dict[str, np.ndarray] | None = None,
-                            batch: int = 16) -> int:  # fmt: skip
+def correct_weight_rounding(module, images: np.ndarray, weight_ranges: dict[str, np.ndarray] | None = None,
+                            batch: int = 16, levels: int = 127, floor: float = PT2E_WEIGHT_EPS,
+                            skip: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Fold the mean error of int8 weight rounding into each conv's bias, in place; returns the convs changed.
 
     For every ``nn.Conv2d`` of ``module`` (a `DeployModule`: BN folded, padding explicit, so
-    the conv sees exactly what the int8 graph will) the weights are rounded as PT2E will
-    round them (`int8_weight_scale`, ``weight_ranges`` by module name as in
-    `pt2e_calibrate`) and ``mean over the calibration images of conv(x, q(w) - w)`` per
-    output channel, with the conv's own stride, padding and groups, is subtracted from its
-    bias (Nagel et al. 2019, "Data-Free Quantization", empirical bias correction). The
-    weights stay float: PT2E rounds them afterwards. Convs without a bias get one.
+    the conv sees exactly what the int8 graph will; ``images`` in its input layout) the
+    weights are rounded as the quantizer will round them (`int8_weight_scale` with
+    ``levels`` and ``floor``; ``weight_ranges`` by module name as in `pt2e_calibrate`) and
+    ``mean over the images of conv(x, q(w) - w)`` per output channel, with the conv's own
+    stride, padding and groups, is subtracted from its bias (Nagel et al. 2019, "Data-Free
+    Quantization", empirical bias correction). Convs under a name in ``skip`` (layers the
+    quantizer keeps float) are left alone. The weights stay float: the quantizer rounds them
+    afterwards. Convs without a bias get one.
     """
     import torch
     import torch.nn.functional as F
@@ -208,10 +216,12 @@ def correct_weight_rounding(module, calibration_nhwc: np.ndarray, weight_ranges:
     convs = {name: m for name, m in module.named_modules() if type(m) is nn.Conv2d}
     deltas, sums = {}, {}
     for name, conv in convs.items():
+        if skip and _module_named(name, skip) is not None:
+            continue
         w = conv.weight.detach().double()
         r = weight_ranges.get(_module_named(name, weight_ranges)) if weight_ranges else None
-        s = int8_weight_scale(w, None if r is None else r)
-        dw = torch.round(w / s).clamp(-127, 127) * s - w
+        s = int8_weight_scale(w, None if r is None else r, levels, floor)
+        dw = torch.round(w / s).clamp(-levels, levels) * s - w
         dw = torch.where(dw.abs() <= 1e-5 * s, 0.0, dw)  # on the grid but for float32's own rounding
         if float(dw.abs().max()) > 0:
             deltas[name] = dw
@@ -225,9 +235,9 @@ def correct_weight_rounding(module, calibration_nhwc: np.ndarray, weight_ranges:
     handles = [convs[n].register_forward_pre_hook(lambda c, a, n=n: hook(c, a, n)) for n in deltas]
     try:
         with torch.no_grad():
-            steps = range(0, len(calibration_nhwc), batch)
+            steps = range(0, len(images), batch)
             for i in tqdm(steps, desc="bias correction", unit="batch", leave=False, disable=None):
-                module(torch.from_numpy(np.ascontiguousarray(calibration_nhwc[i : i + batch], np.float32)))
+                module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch], np.float32)))
     finally:
         for h in handles:
             h.remove()
@@ -332,6 +342,13 @@ def ort_settings() -> dict:
 
 PT2E_SETTINGS = {"format": "PT2E -> TFLite", "activations": "int8 asymmetric", "weights": "int8 per-channel symmetric",
                  "calibration": "min/max", "softmax": "float"}  # fmt: skip
+
+
+def ort_correct_weight_rounding(deploy, calibration: np.ndarray) -> int:
+    """`correct_weight_rounding` for `ort_quantize`'s weights: this machine's width, its float layers left alone."""
+    levels = 127 if ort_weight_bits() == 8 else 64  # ONNX Runtime's symmetric int8 range, or its reduced one
+    return correct_weight_rounding(deploy, calibration, levels=levels, floor=float(np.finfo(np.float32).tiny),
+                                   skip=ORT_FLOAT_LAYERS)  # fmt: skip
 
 
 def ort_quantize(float_model: str | os.PathLike, out: str | os.PathLike, calibration: np.ndarray,

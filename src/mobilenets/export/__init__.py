@@ -136,8 +136,8 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
             (`export.ssd.file_activation_ranges`), instead of calibrated ranges. Default: on
             for an int8 .tflite of a model that still holds the file's weights
             (`weights.ssd_tflite.holds_file_weights`), off otherwise; False forces calibration.
-        bias_correction: int8 .tflite: take the mean error of the weight rounding out of each
-            conv's bias (`quantize.correct_weight_rounding`); not on an SSD's file grids.
+        bias_correction: int8: take the mean error of the weight rounding out of each conv's
+            bias (`quantize.correct_weight_rounding`); not on an SSD's file grids.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -167,7 +167,7 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, re
     else:
         from .onnx import export_onnx
 
-        info = export_onnx(model, out, info, calibration)
+        info = export_onnx(model, out, info, calibration, bias_correction)
     report = None
     if parity:
         if parity_images is None:

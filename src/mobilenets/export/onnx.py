@@ -40,10 +40,19 @@ def require_onnx():
     return onnx, onnxruntime
 
 
-def export_float_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], out: str | os.PathLike) -> list[str]:
-    """Trace ``model`` to ``out`` and let ONNX Runtime fold pads and constants; returns the output names."""
+def export_float_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], out: str | os.PathLike,
+                      bias_correction_images: np.ndarray | None = None) -> list[str]:  # fmt: skip
+    """Trace ``model`` to ``out`` and let ONNX Runtime fold pads and constants; returns the output names.
+
+    ``bias_correction_images``: first take the mean error of `quantize.ort_quantize`'s weight
+    rounding on them out of the biases (`quantize.ort_correct_weight_rounding`).
+    """
     _, ort = require_onnx()
     deploy = DeployModule(model, input_size).eval()
+    if bias_correction_images is not None:
+        from ..quantize import ort_correct_weight_rounding
+
+        ort_correct_weight_rounding(deploy, bias_correction_images)
     names = list(deploy.names)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
@@ -61,13 +70,14 @@ def export_float_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], 
 
 
 def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactInfo,
-                calibration: np.ndarray | None = None) -> ArtifactInfo:  # fmt: skip
+                calibration: np.ndarray | None = None, bias_correction: bool = True) -> ArtifactInfo:  # fmt: skip
     """Write ``model`` as ``.onnx`` (int8 QDQ when ``calibration`` is given) with ``info`` inside."""
     onnx, _ = require_onnx()
     info.layout, info.int8, info.input_dtype, info.input_quantization = "NCHW", calibration is not None, "float32", None
+    bias_correction = bias_correction and calibration is not None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.onnx"
-        names = export_float_onnx(model, info.cfg.input_size, path)
+        names = export_float_onnx(model, info.cfg.input_size, path, calibration if bias_correction else None)
         info.tensors = {n: n for n in names}
         if calibration is not None:
             from ..quantize import ort_quantize, ort_settings
@@ -80,7 +90,8 @@ def export_onnx(model: torch.nn.Module, out: str | os.PathLike, info: ArtifactIn
             finally:
                 logging.getLogger().setLevel(level)
             path = quantized
-            info.quantization = {**ort_settings(), "calibration_images": len(calibration)}
+            info.quantization = {**ort_settings(), "calibration_images": len(calibration),
+                                 "bias_correction": bias_correction}  # fmt: skip
         proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
