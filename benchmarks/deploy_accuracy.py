@@ -27,7 +27,7 @@ from mobilenets.auto import load_predictor
 from mobilenets.data.datasets import open_dataset
 from mobilenets.export import export_model
 from mobilenets.quantize import calibration_images, load_batch
-from mobilenets.utils import atomic_write
+from mobilenets.utils import atomic_write, machine_id
 from mobilenets.weights import build_model, read_weights
 
 HERE = Path(__file__).resolve().parent
@@ -82,14 +82,14 @@ def main() -> int:
             print(rows[-1], file=sys.stderr)
 
     with atomic_write(HERE / "deploy_accuracy.json") as tmp_json:
-        tmp_json.write_text(json.dumps(rows, indent=1))
+        tmp_json.write_text(json.dumps({"machine": machine_id(), "rows": rows}, indent=1))
     lines = ["| weights | artifact | top-1 (artifact) | top-1 (PyTorch float) | top-1 agreement | max abs prob diff |",
              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['weights']} | {r['artifact']} | {100 * r['top1']:.0f}% | {100 * r['float_top1']:.0f}% | "
                      f"{100 * r['top1_agreement']:.0f}% | {r['max_abs_prob_diff']:.2e} |")  # fmt: skip
     with atomic_write(HERE / "deploy_accuracy.md") as tmp_md:
-        tmp_md.write_text("\n".join(lines) + "\n\nOn all 100 images of imagenet_samples_100 (one per class).\n")
+        tmp_md.write_text("\n".join(lines) + f"\n\nOn all 100 images of imagenet_samples_100 (one per class); {machine_id()}.\n")
     print("\n".join(lines))
     return 0
 
