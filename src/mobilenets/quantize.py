@@ -226,17 +226,13 @@ def correct_weight_rounding(module, images: np.ndarray, weight_ranges: dict[str,
         if float(dw.abs().max()) > 0:
             deltas[name] = dw
 
-    pointwise = {n for n, c in convs.items() if c.kernel_size == (1, 1) and c.stride == (1, 1) and c.groups == 1
-                 and c.padding in ((0, 0), 0)}  # fmt: skip
-    weights32 = {n: dw.float() for n, dw in deltas.items()}
-
     def hook(conv, args, name):
-        x = args[0]
-        if name in pointwise:  # linear: the mean of conv(x, dw) is dw @ the mean of x
-            part = deltas[name].flatten(1) @ x.double().sum((0, 2, 3))
+        x, dw = args[0], deltas[name]
+        if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 0):
+            part = dw.flatten(1) @ x.double().sum((0, 2, 3))  # linear: the mean of conv(x, dw) is dw @ the mean of x
             n = x.shape[0] * x.shape[2] * x.shape[3]
         else:
-            dy = F.conv2d(x.float(), weights32[name], None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            dy = F.conv2d(x.float(), dw.float(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
             part, n = dy.double().sum((0, 2, 3)), dy.shape[0] * dy.shape[2] * dy.shape[3]
         total, count = sums.get(name, (0.0, 0))
         sums[name] = (total + part, count + n)
